@@ -1,0 +1,28 @@
+"""Shared test helpers: one error metric, ||actual - expected|| / ||expected||, and the
+tiny per-mixer settings the registry-driven tests use."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+torch.set_num_threads(2)  # CI has 2 cores; keep runs deterministic and comparable
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected||, in float64 (0 when both are exactly zero)."""
+    a, e = actual.detach().double(), expected.detach().double()
+    denom = e.norm().item()
+    diff = (a - e).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def assert_rel_close(actual, expected, tol: float, name: str = "tensor") -> None:
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
+    err = rel_err(actual, expected)
+    assert err <= tol, f"{name}: ||a - b|| / ||b|| = {err:.3e} > {tol:.0e}"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
