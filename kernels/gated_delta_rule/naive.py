@@ -53,72 +53,102 @@ def naive_recurrent_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor,
 
 
 def _to_chunks(x: Tensor, C: int) -> Tensor:
-    """``[B, T, H, ...]`` -> zero-padded ``[B, H, N, C, ...]`` with ``N = ceil(T / C)``.
-    Padded tokens have k = v = beta = g = 0: they leave the state untouched (alpha = 1, no write)."""
-    pad = (-x.shape[1]) % C
-    x = x.movedim(1, 2)                                           # [B, H, T, ...]
+    """``[B, T, H, *D]`` -> zero-padded, contiguous ``[N, B*H, C, *D]`` with ``N = ceil(T / C)``:
+    chunk-major, so the sequential pass reads one contiguous slab per chunk. Padded tokens have
+    k = v = beta = g = 0, so they leave the state untouched (alpha = 1, nothing written)."""
+    B, T, H = x.shape[:3]
+    pad = (-T) % C
     if pad:
-        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-    return x.unflatten(2, (-1, C))
+        x = F.pad(x, (0, 0) * (x.dim() - 3) + (0, 0, 0, pad))
+    x = x.unflatten(1, (-1, C)).movedim(1, 0).movedim(3, 2)       # [N, B, H, C, *D]
+    return x.reshape(x.shape[0], B * H, *x.shape[3:])
 
 
-def _intra_chunk(q, k, v, g, beta):
-    """Everything that needs no state, for all chunks at once. Inputs ``[B, H, N, C, *]``
-    (``q`` already scaled). Returns the terms of the state-passing step below:
+def _unit_lower_inverse(A: Tensor, leaf: int = 16) -> Tensor:
+    """``(I + tril(A, -1))^{-1}`` for ``A: [..., n, n]`` (on and above the diagonal ignored),
+    with matmuls only.
 
-    Within a chunk, with ``gamma_r = sum_{s<=r} g_s`` and ``D[r, j] = exp(gamma_r - gamma_j)``
-    (j <= r), unrolling the recurrence from the chunk's start state ``S0`` gives the update
-    vectors ``u_r = beta_r (v_r - k_r^T S_{r-1} alpha_r)`` as the solution of a unit lower
-    triangular system (the WY / UT transform, Yang et al. 2024, Sec. 3.2):
-
-        (I + A) U = beta V - (beta exp(gamma) K) S0,   A[r, j] = beta_r D[r, j] k_r^T k_j, j < r
-        =>  U = U_v - W S0,   [W | U_v] = (I + A)^{-1} [beta exp(gamma) K | beta V]
-
-    and then  O = (Q exp(gamma)) S0 + (Q K^T * D) U,
-              S_C = exp(gamma_C) S0 + (K exp(gamma_C - gamma))^T U.
-    Substituting U gives an affine map of S0 per chunk: ``O = Q_eff S0 + O_intra`` and
-    ``S_C = M S0 + b``, so only a [K, K] x [K, V] product per chunk stays sequential.
+    LAPACK's batched trsm is slow for many small systems on CPU (and worse with threads), so:
+    invert the ``leaf x leaf`` diagonal blocks by doubling, (I - N)^{-1} = (I + N)(I + N^2)
+    (I + N^4)... (exact: N is nilpotent), then merge neighbours,
+    [[T11, 0], [-T22 A21 T11, T22]], as fla's ``solve_tril`` merges 16x16 blocks into 64x64.
     """
-    C = q.shape[-2]
-    gamma = g.cumsum(-1)                                                   # [B, H, N, C]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    decay = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~causal, float("-inf")).exp()
-    k_beta = k * beta[..., None]
-    A = (k_beta @ k.transpose(-1, -2) * decay).tril(-1)                   # strictly lower
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    rhs = torch.cat([k_beta * gamma.exp()[..., None], v * beta[..., None]], dim=-1)
-    X = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-    W, U_v = X.split([k.shape[-1], v.shape[-1]], dim=-1)                 # [.., C, K], [.., C, V]
-    P = q @ k.transpose(-1, -2) * decay                                   # [.., C, C], causal
-    q_eff = q * gamma.exp()[..., None] - P @ W                            # [.., C, K]
-    o_intra = P @ U_v                                                     # [.., C, V]
-    k_decay = k * (gamma[..., -1:] - gamma).exp()[..., None]              # [.., C, K]
-    eye_k = torch.eye(k.shape[-1], dtype=q.dtype, device=q.device)
-    M = gamma[..., -1, None, None].exp() * eye_k - k_decay.transpose(-1, -2) @ W  # [.., K, K]
-    b = k_decay.transpose(-1, -2) @ U_v                                   # [.., K, V]
-    return q_eff, o_intra, M, b
+    n = A.shape[-1]
+    leaf = min(leaf, n)
+    size = leaf
+    while size < n:
+        size *= 2
+    if size > n:  # zero rows/columns extend I + A by an identity block: the top-left is unchanged
+        A = F.pad(A, (0, size - n, 0, size - n))
+    m = size // leaf
+    blocks = torch.diagonal(A.unflatten(-1, (m, leaf)).unflatten(-3, (m, leaf)), dim1=-4, dim2=-2)
+    N = -blocks.movedim(-1, -3).tril(-1)   # [..., m, leaf, leaf]; A's diagonal is ignored
+    T, P, p = N + torch.eye(leaf, dtype=A.dtype, device=A.device), N, 1
+    while 2 * p < leaf:
+        P = P @ P
+        T = T + T @ P
+        p *= 2
+    s = leaf
+    while s < size:  # merge pairs of s x s inverses into 2s x 2s ones
+        pairs = A.unflatten(-1, (-1, 2 * s)).unflatten(-3, (-1, 2 * s))
+        A21 = torch.diagonal(pairs, dim1=-4, dim2=-2).movedim(-1, -3)[..., s:, :s]
+        T11, T22 = T[..., 0::2, :, :], T[..., 1::2, :, :]
+        T21 = -(T22 @ A21 @ T11)
+        T = torch.cat([torch.cat([T11, torch.zeros_like(T11)], -1), torch.cat([T21, T22], -1)], -2)
+        s *= 2
+    return T.squeeze(-3)[..., :n, :n]
 
 
 def naive_chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor,
                                  chunk_size: int = 64, scale: float | None = None,
                                  initial_state: Tensor | None = None,
                                  output_final_state: bool = True) -> tuple[Tensor, Tensor | None]:
-    """The chunked (WY) form: parallel within and across chunks, a short sequential pass of the
-    state between chunks. Any ``T`` (the last chunk is padded). Shapes as in the module
-    docstring; returns ``(o: [B, T, H, V], final state [B, H, K, V] or None)``."""
+    """The chunked (WY / UT-transform) form: everything that needs no state runs for all chunks
+    at once; a short loop passes the state between chunks. Any ``T`` (the last chunk is padded;
+    a sequence shorter than ``chunk_size`` is one chunk). Shapes as in the module docstring;
+    returns ``(o: [B, T, H, V], final state [B, H, K, V] or None)``.
+
+    Within a chunk with start state ``S0``, ``gamma_r = sum_{s<=r} g_s`` and
+    ``D[r, j] = exp(gamma_r - gamma_j)`` for ``j <= r`` (0 above the diagonal), the recurrence
+    unrolls to ``S_r = exp(gamma_r) S0 + sum_{j<=r} D[r, j] k_j u_j^T`` with the update vectors
+    ``u_r = beta_r (v_r - alpha_r S_{r-1}^T k_r)``. Substituting ``S_{r-1}`` gives a unit lower
+    triangular system (the UT transform; Yang et al. 2024, Sec. 3.3):
+
+        (I + A) U = beta V - (beta exp(gamma) K) S0,      A = (beta K K^T * D) strictly lower
+        U = U_v - W S0,  U_v = (I + A)^{-1} beta V,  W = (I + A)^{-1} beta exp(gamma) K
+        O = (Q exp(gamma)) S0 + (Q K^T * D) U
+        S_C = exp(gamma_C) S0 + (K exp(gamma_C - gamma))^T U
+    """
     B, T, H, K = k.shape
     V, out_dtype, dt = v.shape[-1], v.dtype, _work_dtype(v.dtype)
     scale = K ** -0.5 if scale is None else scale
-    C = max(1, min(chunk_size, T))  # a short sequence is one chunk: no padding to chunk_size
-    q, k, v, g, beta = (_to_chunks(t.to(dt), C) for t in (q, k, v, g, beta))
-    q_eff, o_intra, M, b = _intra_chunk(q * scale, k, v, g, beta)
+    C = max(1, min(chunk_size, T))
+    q, k, v, g, beta = (_to_chunks(t.to(dt), C) for t in (q, k, v, g, beta))   # [N, B*H, C, *]
 
-    # Sequential pass over chunks: S_{n+1} = M_n S_n + b_n; keep each chunk's start state.
-    S = initial_state.to(dt) if initial_state is not None else q.new_zeros(B, H, K, V)
-    starts = []
-    for n in range(q.shape[2]):
+    # 1. Intra-chunk terms, all chunks at once.
+    gamma = g.cumsum(-1)                                                   # [N, BH, C]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    decay = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    k_beta = k * beta[..., None]
+    T_inv = _unit_lower_inverse(k_beta @ k.mT * decay)                   # (I + A)^{-1}  [.., C, C]
+    W = T_inv @ (k_beta * gamma.exp()[..., None])                        # [.., C, K]
+    U_v = T_inv @ (v * beta[..., None])                                  # [.., C, V]
+    P = (q * scale) @ k.mT * decay                                        # [.., C, C], causal
+    q_decay = q * (scale * gamma.exp())[..., None]                        # [.., C, K]
+    k_decay = (k * (gamma[..., -1:] - gamma).exp()[..., None]).mT        # [.., K, C]
+    alpha_chunk = gamma[..., -1].exp()[..., None, None]                   # [N, BH, 1, 1]
+
+    # 2. State passing, chunk by chunk: U_n = U_v - W S;  S <- exp(gamma_C) S + k_decay U_n.
+    S = (initial_state.to(dt).reshape(B * H, K, V) if initial_state is not None
+         else q.new_zeros(B * H, K, V))
+    starts, U = [], []
+    for n in range(q.shape[0]):
         starts.append(S)
-        S = torch.baddbmm(b[:, :, n].flatten(0, 1), M[:, :, n].flatten(0, 1), S.flatten(0, 1)).view(B, H, K, V)
-    o = q_eff @ torch.stack(starts, dim=2) + o_intra                     # [B, H, N, C, V]
-    o = o.flatten(2, 3)[:, :, :T].transpose(1, 2)                        # [B, T, H, V]
-    return o.to(out_dtype), (S if output_final_state else None)
+        U.append(torch.baddbmm(U_v[n], W[n], S, alpha=-1))
+        S = torch.baddbmm(S * alpha_chunk[n], k_decay[n], U[-1])
+
+    # 3. Outputs, all chunks at once: O = (Q exp(gamma)) S0 + P U.
+    o = torch.baddbmm(P.flatten(0, 1) @ torch.stack(U).flatten(0, 1),
+                      q_decay.flatten(0, 1), torch.stack(starts).flatten(0, 1))  # [N * BH, C, V]
+    o = o.unflatten(0, (-1, B, H)).permute(1, 0, 3, 2, 4).reshape(B, -1, H, V)[:, :T]
+    return o.to(out_dtype), (S.view(B, H, K, V) if output_final_state else None)

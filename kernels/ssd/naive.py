@@ -73,63 +73,77 @@ def naive_recurrent_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, 
 
 
 def _chunk(t: Tensor, Q: int) -> Tensor:
-    """``[B, T, ...]`` -> ``[B, T/Q, Q, ...]`` after zero-padding T up to a multiple of Q."""
+    """``[B, T, ...]`` -> ``[B, c, Q, ...]``, c = ceil(T / Q), zero-padding T up to c * Q."""
     pad = -t.shape[1] % Q
     if pad:
         t = torch.cat([t, t.new_zeros(t.shape[0], pad, *t.shape[2:])], dim=1)
     return t.unflatten(1, (-1, Q))
 
 
+def _suffix_sum(a: Tensor) -> Tensor:
+    """``out[:, :, s] = sum_{t > s} a[:, :, t]`` over dim 2, built without subtracting cumsums:
+    exp(cs_end - cs_end) = 1 would feed +g and -g into d(a_end) that cancel only up to rounding."""
+    tail = a[:, :, 1:].flip(2).cumsum(2).flip(2)
+    return torch.cat([tail, torch.zeros_like(a[:, :, :1])], dim=2)
+
+
 def naive_chunk_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
                     chunk_size: int = 64, initial_state: Tensor | None = None,
                     output_final_state: bool = True) -> tuple[Tensor, Tensor | None]:
-    """Chunked SSD, the four steps of the paper's minimal listing (``ssd_minimal_discrete``),
-    vectorised over chunks. Any T: the tail is padded with dt = 0 tokens, which leave the state
-    untouched (decay exp(0) = 1, input dt * x B^T = 0). Chunks are ``min(chunk_size, T)`` long.
+    """Chunked SSD: the four steps of the paper's minimal listing (``ssd_minimal_discrete``,
+    Dao & Gu 2024, Listing 1), vectorised over chunks. Shapes as in the module docstring.
 
-    Heads are laid out ``[G, R]`` (group, head within group) so B and C broadcast over R
-    without being copied H/G times. Shapes as in the module docstring.
+    Chunks are ``Q = min(chunk_size, T)`` long; a ragged tail is padded with dt = 0 tokens, which
+    leave the state untouched (decay exp(0) = 1, input 0 * x B^T = 0), so any T works.
+
+    Layout, chosen to keep copies out of the matmuls: every per-token tensor stays in x's own
+    order ``[b, c, Q, H, P]`` (H split as G groups x R heads per group), so that with R heads
+    sharing one B/C the B- and C-products fold R into one matmul of width R*P instead of
+    broadcasting B and C H/G times; only the diagonal blocks need x head-major (one copy).
     """
     G, R = _check_shapes(x, dt, A, B, C)
     b, T, H, P = x.shape
-    N, cdt = B.shape[-1], state_dtype(x.dtype)
+    cdt = state_dtype(x.dtype)
     Q = max(1, min(chunk_size, T))
+    dt = _chunk(dt.to(cdt), Q)  # [b, c, Q, H]
+    xdt = _chunk(x.to(cdt), Q) * dt[..., None]  # [b, c, Q, H, P]: the discretised input dt * x
+    Bc = _chunk(B.to(cdt), Q).transpose(2, 3)  # [b, c, G, Q, N]
+    Cc = _chunk(C.to(cdt), Q).transpose(2, 3)
+    a = dt * A.to(cdt)  # [b, c, Q, H]: log-decay of each step
+    a_cs = a.cumsum(2)  # log-decay from the chunk start, inclusive
+    cs = a_cs.transpose(2, 3).unflatten(2, (G, R)).contiguous()  # [b, c, G, R, Q]
 
-    # [b, c, Q, H, ...] chunks -> [b, G, R, c, Q, ...]: heads outermost, so matmuls batch over them
-    a = _chunk((dt * A).to(cdt), Q).unflatten(-1, (G, R)).permute(0, 3, 4, 1, 2)  # dt*A: [b,G,R,c,Q]
-    xdt = _chunk((x * dt[..., None]).to(cdt), Q).unflatten(3, (G, R)).permute(0, 3, 4, 1, 2, 5)
-    Bc = _chunk(B.to(cdt), Q).permute(0, 3, 1, 2, 4).unsqueeze(2)  # [b, G, 1, c, Q, N]
-    Cc = _chunk(C.to(cdt), Q).permute(0, 3, 1, 2, 4).unsqueeze(2)
-    a_cs = a.cumsum(-1)  # log-decay from the chunk start to each position, inclusive
+    # 1. Diagonal blocks (intra-chunk outputs): y_l = sum_{s<=l} (C_l . B_s) exp(cs_l - cs_s) dt_s x_s.
+    # exp of a difference of cumsums, so no exp(+large) can overflow. tril(-1) zeroes the
+    # diagonal and the anti-causal half before exp (giving exactly 1) and the masked C.B zeroes
+    # the anti-causal half after. Zeroing the diagonal too keeps its O(1) terms out of d(cs):
+    # their +g and -g cancel only after rounding, which swamps dA when decays are fast.
+    CB = (Cc @ Bc.transpose(-1, -2)).tril().unsqueeze(3)  # [b, c, G, 1, Q, Q]
+    L = torch.exp((cs[..., :, None] - cs[..., None, :]).tril(-1))  # [b, c, G, R, Q, Q]
+    x_heads = xdt.unflatten(3, (G, R)).permute(0, 1, 3, 4, 2, 5)  # [b, c, G, R, Q, P]
+    y_diag = (CB * L) @ x_heads  # [b, c, G, R, Q, P]
 
-    # 1. Diagonal blocks (intra-chunk outputs): y_l = sum_{s<=l} C_l.B_s exp(cs_l - cs_s) dt_s x_s.
-    # exp of a difference of cumsums, masked to -inf above the diagonal *before* exp so that
-    # neither the forward nor the backward ever sees an overflowing exp(positive).
-    causal = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()
-    seg = (a_cs[..., :, None] - a_cs[..., None, :]).masked_fill(~causal, float("-inf"))
-    scores = (Cc @ Bc.transpose(-1, -2)) * torch.exp(seg)  # [b, G, R, c, Q, Q]
-    y = scores @ xdt  # [b, G, R, c, Q, P]
+    # 2. Intra-chunk states (B terms of the off-diagonal blocks): each chunk's input, decayed to
+    # the chunk's end. [R*P, Q] @ [Q, N] per group: the R heads of a group share B_s.
+    decay_to_end = torch.exp(_suffix_sum(a))  # [b, c, Q, H]
+    xw = (xdt * decay_to_end[..., None]).flatten(3).unflatten(3, (G, R * P))  # [b, c, Q, G, R*P]
+    states = (xw.permute(0, 1, 3, 4, 2) @ Bc).unflatten(3, (R, P)).flatten(2, 3)  # [b, c, H, P, N]
 
-    # 2. Intra-chunk states (B terms): each chunk's contribution to the state at its end.
-    decay_to_end = torch.exp(a_cs[..., -1:] - a_cs)  # [b, G, R, c, Q]
-    states = (xdt * decay_to_end[..., None]).transpose(-1, -2) @ Bc  # [b, G, R, c, P, N]
-
-    # 3. Inter-chunk recurrence (A terms): the state entering each chunk. A scan over chunks,
-    # linear in T/Q (the listing's [c, c] segsum matrix is quadratic in it).
-    h = initial_state.to(cdt).unflatten(1, (G, R)) if initial_state is not None else \
-        x.new_zeros(b, G, R, P, N, dtype=cdt)
-    chunk_decay = torch.exp(a_cs[..., -1])  # [b, G, R, c]
+    # 3. Inter-chunk recurrence (A terms): the state entering each chunk. A scan over the
+    # chunks, linear in T/Q (the listing's [c, c] segsum matrix is quadratic in it).
+    h = initial_state.to(cdt) if initial_state is not None else x.new_zeros(b, H, P, B.shape[-1], dtype=cdt)
+    chunk_decay = torch.exp(a_cs[:, :, -1])  # [b, c, H]
     entering = []
-    for c in range(a.shape[3]):
+    for c in range(states.shape[1]):
         entering.append(h)
-        h = chunk_decay[..., c, None, None] * h + states[:, :, :, c]
-    entering = torch.stack(entering, dim=3)  # [b, G, R, c, P, N]
+        h = chunk_decay[:, c, :, None, None] * h + states[:, c]
+    entering = torch.stack(entering, dim=1).unflatten(2, (G, R)).flatten(3, 4)  # [b, c, G, R*P, N]
 
-    # 4. State -> output (C terms): y_l += exp(cs_l) C_l h_entering.
-    y = y + (Cc @ entering.transpose(-1, -2)) * torch.exp(a_cs)[..., None]
+    # 4. State -> output (C terms): y_l += exp(cs_l) C_l h_entering, again R*P wide per group.
+    y_off = (Cc @ entering.transpose(-1, -2)).unflatten(-1, (R, P))  # [b, c, G, Q, R, P]
+    y = y_off * torch.exp(cs).transpose(3, 4)[..., None] + y_diag.transpose(3, 4)
 
-    y = y.permute(0, 3, 4, 1, 2, 5).reshape(b, -1, H, P)[:, :T]  # back to [b, T, H, P]
+    y = y.transpose(2, 3).reshape(b, -1, H, P)[:, :T]  # a view when G == 1
     if D is not None:
         y = y + D.to(cdt)[:, None] * x.to(cdt)
-    final = h.flatten(1, 2) if output_final_state else None
-    return y.to(x.dtype), final
+    return y.to(x.dtype), (h if output_final_state else None)
