@@ -199,8 +199,10 @@ def niah(vocab_size: int, seq_len: int, depth: float | None, num_examples: int, 
     - Labels: the answer tokens, at the positions one before them (next-token targets); IGNORE
       elsewhere, so the last input token (the last answer token) is unscored.
 
-    For a fixed ``seed``, changing ``depth`` moves the anchor and nothing else (same keys,
-    values and haystack): a depth grid is a paired comparison.
+    For a fixed ``seed``, every fixed ``depth`` draws the same keys, values, distractor offsets
+    and haystack (drawn for the whole context; the needles overwrite their slots), so the
+    examples differ only in the slots of the anchor and of the needles it passes: a depth grid
+    is a paired comparison, with the same query and answer in every cell.
 
     >>> x, y = niah(vocab_size=15, seq_len=16, depth=0.5, num_examples=1, key_len=1, value_len=2)
     >>> x  # keys 3..6, values 7..10, filler 11..14: 4 filler | 3 SEP 8 8 | 3 filler | QUERY 3 SEP 8 8
@@ -222,11 +224,11 @@ def niah(vocab_size: int, seq_len: int, depth: float | None, num_examples: int, 
     inputs = torch.empty(n, seq_len, dtype=torch.long)
     _fill_haystack(inputs[:, :lay.context_len], lay, haystack, voc, key_len, key_ids[:, 0], g)
     order, starts = _needle_order(lay, depth, n, g)
-    needles = needles.gather(1, order[..., None].expand(-1, -1, lay.needle_len))  # by position
+    if variant != "multivalue":  # multivalue needles differ only in value: value r goes to rank r
+        needles = needles.gather(1, order[..., None].expand(-1, -1, lay.needle_len))  # by position
     inputs.scatter_(1, (starts[..., None] + torch.arange(lay.needle_len)).flatten(1), needles.flatten(1))
 
-    answer = values.gather(1, order[..., None].expand(-1, -1, value_len)).flatten(1)
-    answer = answer if variant == "multivalue" else values[:, 0]  # the anchor's value
+    answer = values.flatten(1) if variant == "multivalue" else values[:, 0]  # every value / the anchor's
     query = inputs[:, lay.context_len:]
     query[:, 0], query[:, -lay.answer_len - 1] = QUERY, SEP
     query[:, 1:1 + key_len], query[:, -lay.answer_len:] = keys[:, 0], answer

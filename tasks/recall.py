@@ -148,9 +148,9 @@ def _check_mad_vocab(name: str, vocab_size: int, noise_vocab_size: int, frac_noi
         raise ValueError(f"{name}: frac_noise={frac_noise} needs noise tokens; set noise_vocab_size > 0")
     data = vocab_size - specials - noise_vocab_size
     if data // 2 < need_keys or data - data // 2 < need_values:
-        raise ValueError(f"{name}: vocab_size={vocab_size} leaves {data // 2} key and {data - data // 2} value "
-                         f"tokens after {noise_vocab_size} noise and {specials} special tokens; need at least "
-                         f"{need_keys} and {need_values}: raise vocab_size")
+        raise ValueError(f"{name}: vocab_size={vocab_size} leaves {data // 2} key and {data - data // 2} "
+                         f"value tokens after {noise_vocab_size} noise and {specials} special tokens; need "
+                         f"at least {need_keys} and {need_values}: raise vocab_size")
 
 
 def _noise_slots(num_rows: int, num_pairs: int, frac_noise: float, g: torch.Generator) -> Tensor:
@@ -167,8 +167,9 @@ def _noise_slots(num_rows: int, num_pairs: int, frac_noise: float, g: torch.Gene
     return noise
 
 
-def in_context_recall(vocab_size: int = 16, seq_len: int = 128, *, num_examples: int, noise_vocab_size: int = 0,
-                      frac_noise: float = 0.0, training: bool = False, seed: int = 0) -> tuple[Tensor, Tensor]:
+def in_context_recall(vocab_size: int = 16, seq_len: int = 128, *, num_examples: int,
+                      noise_vocab_size: int = 0, frac_noise: float = 0.0, training: bool = False,
+                      seed: int = 0) -> tuple[Tensor, Tensor]:
     """MAD's in-context recall (``generate_in_context_recall_instance``, multi_query=True); with
     noise, MAD's noisy in-context recall. ``[num_examples, seq_len]`` inputs and labels.
 
@@ -185,8 +186,9 @@ def in_context_recall(vocab_size: int = 16, seq_len: int = 128, *, num_examples:
     MAD's inputs stop one token earlier; the final value kept here is never scored, and a causal
     model's scored predictions cannot see it.
 
-    >>> in_context_recall(8, 8, num_examples=1, seed=1)
-    (tensor([[0, 7, 0, 7, 1, 5, 1, 5]]), tensor([[-100, -100, 7, -100, -100, -100, 5, -100]]))
+    >>> in_context_recall(vocab_size=6, seq_len=10, num_examples=1, seed=0)  # keys 0-2, values 3-5
+    (tensor([[2, 4, 0, 3, 2, 4, 0, 3, 0, 3]]),
+     tensor([[-100, -100, -100, -100, 4, -100, 3, -100, 3, -100]]))
     """
     if seq_len % 2 or seq_len < 4:
         raise ValueError(f"in_context_recall: seq_len={seq_len} must be even (key-value pairs) and >= 4 "
@@ -224,8 +226,8 @@ def _next_token_labels(inputs: Tensor) -> Tensor:
 
 
 def fuzzy_recall(vocab_size: int = 16, seq_len: int = 128, k_motif_size: int = 3, v_motif_size: int = 3, *,
-                 num_examples: int, noise_vocab_size: int = 0, frac_noise: float = 0.0, training: bool = False,
-                 seed: int = 0) -> tuple[Tensor, Tensor]:
+                 num_examples: int, noise_vocab_size: int = 0, frac_noise: float = 0.0,
+                 training: bool = False, seed: int = 0) -> tuple[Tensor, Tensor]:
     """MAD's fuzzy in-context recall (``generate_fuzzy_in_context_recall_instance``, multi_query=True):
     keys and values are motifs of several tokens. ``[num_examples, seq_len]`` inputs and labels.
 
@@ -245,35 +247,27 @@ def fuzzy_recall(vocab_size: int = 16, seq_len: int = 128, k_motif_size: int = 3
     departure: MAD scores the final value even when the loop ended before the probe was placed
     (its key then never appeared, ~2% of test sequences at the defaults); here it is not scored.
 
-    >>> fuzzy_recall(8, 16, 2, 2, num_examples=1, seed=0)
+    >>> fuzzy_recall(8, 16, 2, 2, num_examples=1, seed=1)  # keys 0-2, values 3-6, pad 7
+    (tensor([[7, 7, 7, 7, 7, 0, 1, 6, 4, 0, 1, 6, 4, 0, 1, 6]]),
+     tensor([[-100, -100, -100, -100, -100, -100, -100, -100, -100, -100, 6, 4, -100, -100, 6, 4]]))
     """
     Km, Vm = k_motif_size, v_motif_size
     if Km < 1 or Vm < 1 or seq_len <= 2 * (Km + Vm):
-        raise ValueError(f"fuzzy_recall: need k_motif_size, v_motif_size >= 1 and seq_len > 2 * (k_motif_size + "
-                         f"v_motif_size) (MAD's probe window), got {Km}, {Vm}, seq_len={seq_len}")
+        raise ValueError(f"fuzzy_recall: need k_motif_size, v_motif_size >= 1 and seq_len > 2 * "
+                         f"(k_motif_size + v_motif_size) (MAD's probe window), got k_motif_size={Km}, "
+                         f"v_motif_size={Vm}, seq_len={seq_len}")
     _check_mad_vocab("fuzzy_recall", vocab_size, noise_vocab_size, frac_noise, specials=1, need_keys=Km,
                      need_values=Vm)
     data = vocab_size - 1 - noise_vocab_size
     if (data // 2 + 1) ** Km >= 2 ** 62:
-        raise ValueError(f"fuzzy_recall: (keys + 1) ** k_motif_size = {(data // 2 + 1) ** Km} overflows int64 "
-                         f"key codes; lower vocab_size or k_motif_size")
+        raise ValueError(f"fuzzy_recall: (keys + 1) ** k_motif_size = {(data // 2 + 1) ** Km} overflows "
+                         f"int64 key codes; lower vocab_size or k_motif_size")
     g = torch.Generator().manual_seed(seed)
     probe, slots = _fuzzy_draws(num_examples, seq_len, Km, Vm, data, vocab_size - 1, frac_noise, training, g)
-    slots, active, seen, end = _fuzzy_resolve(slots, probe, seq_len - (Km + Vm) - probe["k_len"] - probe["v_len"])
-    n_pad = seq_len + 1 - end - probe["k_len"] - probe["v_len"]  # >= 2: the last slot starts < budget
-    stream = torch.full((num_examples, seq_len + 2), vocab_size - 1, dtype=torch.long)  # column -1: discard
-    targets = torch.full_like(stream, IGNORE)
-    tokens, value_of, valid = _motif_tokens(slots["key"], slots["k_len"], slots["value"], slots["len"])
-    tokens = torch.where(slots["noise"][..., None], slots["noise_tokens"], tokens)
-    valid &= active[..., None]
-    pos = n_pad[..., None] + slots["start"][..., None] + torch.arange(Km + Vm)
-    _scatter(stream, targets, pos, valid, tokens, torch.where(seen[..., None] & value_of, tokens, IGNORE))
-    probe_len = probe["k_len"] + probe["v_len"]
-    tokens, value_of, valid = _motif_tokens(probe["key"], probe["k_len"], probe["value"], probe_len)
-    pos = (seq_len + 1 - probe_len)[..., None] + torch.arange(Km + Vm)  # the probe ends the stream
-    _scatter(stream, targets, pos, valid, tokens, torch.where(probe["shown"][..., None] & value_of, tokens, IGNORE))
-    inputs = stream[:, :seq_len]
-    return inputs, (stream if training else targets)[:, 1:seq_len + 1]
+    budget = seq_len - (Km + Vm) - probe["k_len"] - probe["v_len"]  # MAD loops while len(inputs) < budget
+    active, recalled = _fuzzy_resolve(slots, probe, budget)
+    stream, targets = _fuzzy_stream(slots, probe, active, recalled, seq_len, pad=vocab_size - 1)
+    return stream[:, :-1], (stream if training else targets)[:, 1:]
 
 
 def _motif_code(key: Tensor, k_len: Tensor, num_keys: int) -> Tensor:
@@ -284,8 +278,8 @@ def _motif_code(key: Tensor, k_len: Tensor, num_keys: int) -> Tensor:
     return (digits * torch.tensor(num_keys + 1) ** j).sum(-1)
 
 
-def _fuzzy_draws(N: int, seq_len: int, Km: int, Vm: int, data: int, pad: int, frac_noise: float, training: bool,
-                 g: torch.Generator) -> tuple[dict, dict]:
+def _fuzzy_draws(N: int, seq_len: int, Km: int, Vm: int, data: int, pad: int, frac_noise: float,
+                 training: bool, g: torch.Generator) -> tuple[dict, dict]:
     """Everything MAD's loop draws, for ``seq_len // 2`` slots (more than it can fill: a pair has at
     least 2 tokens). The first ``k_len`` tokens of a uniform ordered tuple of ``Km`` distinct tokens
     are a uniform ordered tuple of ``k_len``, as MAD's ``permutations(vocab, k_len)`` draw."""
@@ -319,14 +313,16 @@ def _fuzzy_values(slots: dict, probe: dict) -> None:
     first = first_occurrence(slots["code"], ~slots["noise"])
     slots["first"] = first
     slots["value"] = new_value.gather(1, first[..., None].expand_as(new_value))
-    v_len = torch.where(slots["noise"], slots["new_v_len"], new_v_len.gather(1, first))  # noise: k + v draws long
+    # a noise slot is as long as the key and value sizes drawn for it
+    v_len = torch.where(slots["noise"], slots["new_v_len"], new_v_len.gather(1, first))
     slots["len"] = slots["k_len"] + v_len
     slots["start"] = slots["len"].cumsum(dim=1) - slots["len"]
 
 
-def _fuzzy_resolve(slots: dict, probe: dict, budget: Tensor) -> tuple[dict, Tensor, Tensor, Tensor]:
+def _fuzzy_resolve(slots: dict, probe: dict, budget: Tensor) -> tuple[Tensor, Tensor]:
     """Run MAD's loop over the drawn slots: place the probe, find where the stream stops. Returns
-    ``(slots, active [N, S], recalled [N, S], end [N, 1])`` and sets ``probe["shown"]``."""
+    ``(active, recalled)``, ``[N, S]`` bool (in the stream; a pair whose key came earlier), and
+    sets ``probe["shown"]`` (``[N, 1]``: its key is in the stream)."""
     idx = torch.arange(slots["code"].shape[1])
     _fuzzy_values(slots, probe)
     # MAD puts the probe in the first slot that starts at or after probe_at, unless its key came up
@@ -337,14 +333,14 @@ def _fuzzy_resolve(slots: dict, probe: dict, budget: Tensor) -> tuple[dict, Tens
     place = (idx == at) & late.any(dim=1, keepdim=True) & ~by_chance
     for name, new in (("key", "key"), ("k_len", "k_len"), ("code", "code"), ("new_value", "value"),
                       ("new_v_len", "v_len")):
-        slots[name] = torch.where(place[..., None] if slots[name].dim() == 3 else place, probe[new], slots[name])
+        where = place[..., None] if slots[name].dim() == 3 else place
+        slots[name] = torch.where(where, probe[new], slots[name])
     slots["noise"] &= ~place
     _fuzzy_values(slots, probe)  # again: later repeats of the displaced key now meet it as new
     active = slots["start"] < budget
     pair = active & ~slots["noise"]
     probe["shown"] = (pair & (slots["code"] == probe["code"])).any(dim=1, keepdim=True)
-    end = (slots["len"] * active).sum(dim=1, keepdim=True)
-    return slots, active, pair & (slots["first"] < idx), end
+    return active, pair & (slots["first"] < idx)
 
 
 def _motif_tokens(key: Tensor, k_len: Tensor, value: Tensor, length: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -359,8 +355,100 @@ def _motif_tokens(key: Tensor, k_len: Tensor, value: Tensor, length: Tensor) -> 
     return torch.where(is_value, value_part, key_part), is_value, w < length[..., None]
 
 
-def _scatter(stream: Tensor, targets: Tensor, pos: Tensor, valid: Tensor, tokens: Tensor, labels: Tensor) -> None:
-    """Write ``tokens``/``labels`` at ``pos`` where ``valid``; the rest go to the discard column -1."""
+def _fuzzy_stream(slots: dict, probe: dict, active: Tensor, recalled: Tensor, seq_len: int,
+                  pad: int) -> tuple[Tensor, Tensor]:
+    """MAD's stream: the active slots, then the probe pair, front-padded to ``seq_len + 1`` tokens.
+    Returns ``(stream, targets)``, ``[N, seq_len + 1]``; targets hold the value tokens of recalled
+    pairs (and of the probe, when its key was shown) at their own positions, -100 elsewhere."""
+    N, Km, Vm = slots["key"].shape[0], slots["key"].shape[-1], slots["value"].shape[-1]
+    w = torch.arange(Km + Vm)
+    probe_len = probe["k_len"] + probe["v_len"]
+    end = (slots["len"] * active).sum(dim=1, keepdim=True)
+    offset = seq_len + 1 - probe_len - end  # the front padding, >= 2: the last slot starts < budget
+    stream = torch.full((N, seq_len + 2), pad, dtype=torch.long)  # column -1 takes the unused columns
+    targets = torch.full_like(stream, IGNORE)
+    tokens, is_value, valid = _motif_tokens(slots["key"], slots["k_len"], slots["value"], slots["len"])
+    tokens = torch.where(slots["noise"][..., None], slots["noise_tokens"], tokens)
+    pos = offset[..., None] + slots["start"][..., None] + w
+    _scatter(stream, targets, pos, valid & active[..., None], tokens, recalled[..., None] & is_value)
+    tokens, is_value, valid = _motif_tokens(probe["key"], probe["k_len"], probe["value"], probe_len)
+    pos = (seq_len + 1 - probe_len)[..., None] + w
+    _scatter(stream, targets, pos, valid, tokens, probe["shown"][..., None] & is_value)
+    return stream[:, :-1], targets[:, :-1]
+
+
+def _scatter(stream: Tensor, targets: Tensor, pos: Tensor, valid: Tensor, tokens: Tensor,
+             scored: Tensor) -> None:
+    """Write ``tokens`` (and, where ``scored``, into ``targets``) at ``pos`` where ``valid``; the
+    other columns land in the discard column -1."""
     pos = torch.where(valid, pos, stream.shape[1] - 1).flatten(1)
     stream.scatter_(1, pos, tokens.flatten(1))
-    targets.scatter_(1, pos, labels.flatten(1))
+    targets.scatter_(1, pos, torch.where(scored, tokens, IGNORE).flatten(1))
+
+
+@TASKS.register("in_context_recall")
+class InContextRecall(Task):
+    """MAD's in-context recall (Poli et al. 2024; mad-lab configs/tasks/in-context-recall.yml and
+    ``MADConfig`` defaults). Training uses MAD's training targets (next token everywhere); the test
+    set scores only recalled values (see ``in_context_recall``).
+
+    ``accuracy``: per test example, the fraction of scored value tokens predicted exactly,
+    averaged over examples; ``exact_match``: the fraction of examples with all of them right.
+    (MAD itself reports torchmetrics' MulticlassAccuracy, class-macro-averaged, over the scored
+    tokens: a close but not identical number.)"""
+
+    @dataclass(kw_only=True)
+    class Config(TaskConfig):
+        # mad-lab configs/tasks/*.yml baselines and MADConfig's example counts; MAD trains them
+        # for 200 epochs at batch 128, AdamW, lr in {1e-4, 5e-4, 1e-3} (mad/configs.py)
+        vocab_size: int = 16
+        seq_len: int = 128
+        noise_vocab_size: int = 0
+        frac_noise: float = 0.0
+        num_train_examples: int = 12_800
+        num_test_examples: int = 1_280
+
+    generator = staticmethod(in_context_recall)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.cfg.vocab_size
+
+    def build(self, seed: int) -> TaskData:
+        c = self.cfg.to_dict()
+        n_train, n_test = c.pop("num_train_examples"), c.pop("num_test_examples")
+        train = self.generator(num_examples=n_train, training=True, seed=train_seed(seed), **c)
+        test = self.generator(num_examples=n_test, training=False, seed=test_seed(seed), **c)
+        return TaskData(train=Split(*train), evals={"": Split(*test)})
+
+
+@TASKS.register("noisy_recall")
+class NoisyRecall(InContextRecall):
+    """MAD's noisy in-context recall (configs/tasks/noisy-in-context-recall.yml): in-context recall
+    where each pair slot is, with probability ``frac_noise``, two tokens from a separate noise
+    vocabulary ``[vocab_size - noise_vocab_size, vocab_size)``. Metrics as ``in_context_recall``."""
+
+    @dataclass(kw_only=True)
+    class Config(InContextRecall.Config):
+        vocab_size: int = 32
+        noise_vocab_size: int = 16
+        frac_noise: float = 0.2
+
+
+@TASKS.register("fuzzy_recall")
+class FuzzyRecall(InContextRecall):
+    """MAD's fuzzy in-context recall (configs/tasks/fuzzy-in-context-recall.yml): keys and values of
+    1..3 tokens; the test set asks 3-token keys. Metrics as ``in_context_recall``, over value tokens."""
+
+    @dataclass(kw_only=True)
+    class Config(TaskConfig):
+        vocab_size: int = 16
+        seq_len: int = 128
+        k_motif_size: int = 3
+        v_motif_size: int = 3
+        noise_vocab_size: int = 0
+        frac_noise: float = 0.0
+        num_train_examples: int = 12_800
+        num_test_examples: int = 1_280
+
+    generator = staticmethod(fuzzy_recall)

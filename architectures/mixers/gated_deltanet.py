@@ -32,6 +32,9 @@ L2_EPS = 1e-6
 
 
 def l2norm(x: Tensor) -> Tensor:
+    """Unit vectors over the last dim, returned in the state dtype (fp32 for bf16 inputs, as fla
+    normalises inside its kernel): a bf16 rounding after the norm would undo it."""
+    x = x.to(state_dtype(x.dtype))
     return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + L2_EPS)
 
 
@@ -68,16 +71,23 @@ class GatedDeltaNet(Mixer):
         allow_neg_eigval: bool = False  # beta in (0, 2) (Grazzi et al. 2024), fla's flag
         chunk_size: int = 64            # fla's chunk kernels use 64-token chunks
 
+    IMPLS = ("reference",)
+
     def __init__(self, d_model: int, cfg: Config, layer_idx: int = 0, impl: str = "auto"):
         super().__init__(d_model, cfg, layer_idx, impl)
         self._check_config(cfg)
         H, K = resolve_heads(d_model, cfg.num_heads, cfg.head_dim)
-        V = int(round(K * cfg.expand_v))
-        if H < 1 or K < 1 or not math.isclose(K * cfg.expand_v, V) or V < 1:
+        if K < 1:
             raise ValueError(
-                f"gated_deltanet: head_dim={K} * expand_v={cfg.expand_v} must be a positive integer "
-                f"(num_heads={H}, d_model={d_model}); pick head_dim and expand_v whose product is whole, "
-                f"or num_heads <= {max(1, 3 * d_model // 4)}"
+                f"gated_deltanet: num_heads={H} leaves no key channels per head at d_model={d_model} "
+                f"(key_dim = 3 * d_model // 4 = {max(1, 3 * d_model // 4)}); use num_heads <= that, "
+                f"or set head_dim"
+            )
+        V = round(K * cfg.expand_v)
+        if V < 1 or not math.isclose(K * cfg.expand_v, V):
+            raise ValueError(
+                f"gated_deltanet: head_dim={K} * expand_v={cfg.expand_v} = {K * cfg.expand_v} value channels "
+                f"per head is not a positive integer; pick head_dim and expand_v whose product is whole"
             )
         self.num_heads, self.head_k_dim, self.head_v_dim = H, K, V
         self.key_dim, self.value_dim = H * K, H * V
@@ -120,7 +130,8 @@ class GatedDeltaNet(Mixer):
         return proj.split([self.conv_dim, self.value_dim, H, H], dim=-1)
 
     def _heads(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Conv output ``[..., conv_dim]`` -> l2-normalised ``q, k: [..., H, K]`` and ``v: [..., H, V]``."""
+        """Conv output ``[..., conv_dim]`` -> l2-normalised ``q, k: [..., H, K]`` (state dtype) and
+        ``v: [..., H, V]`` (activation dtype, which the op's output keeps)."""
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q, k = (l2norm(t.unflatten(-1, (self.num_heads, self.head_k_dim))) for t in (q, k))
         return q, k, v.unflatten(-1, (self.num_heads, self.head_v_dim))

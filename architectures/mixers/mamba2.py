@@ -89,12 +89,12 @@ class Mamba2(Mixer):
         if not 0 < lo <= hi:
             raise ValueError(f"mamba2: A_init_range={cfg.A_init_range} needs 0 < low <= high")
         if not 0 < cfg.dt_min <= cfg.dt_max:
-            raise ValueError(f"mamba2: need 0 < dt_min <= dt_max, got dt_min={cfg.dt_min}, dt_max={cfg.dt_max}")
+            raise ValueError(f"mamba2: need 0 < dt_min <= dt_max, got {cfg.dt_min} and {cfg.dt_max}")
 
     def _init_dt_bias(self, cfg: Config) -> Tensor:
         """softplus^-1 of dt ~ log-uniform(dt_min, dt_max) floored at dt_init_floor (mamba_ssm)."""
-        log_dt = torch.rand(self.nheads) * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)
-        dt = torch.exp(log_dt).clamp(min=cfg.dt_init_floor)
+        lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+        dt = torch.exp(torch.rand(self.nheads) * (hi - lo) + lo).clamp(min=cfg.dt_init_floor)
         return dt + torch.log(-torch.expm1(-dt))  # softplus^-1, stable for small dt
 
     # -- pieces shared by forward and step ---------------------------------------------------------
@@ -132,7 +132,8 @@ class Mamba2(Mixer):
         """One token ``x_t: [B, d_model]`` through the one-token SSD recurrence."""
         self.check_input(x_t, rank=2)
         z, xBC, dt = self._split(self.in_proj(x_t))
-        xBC, conv_state = causal_conv1d_step(xBC, self._conv_weight(), self.conv1d.bias, state["conv"], "silu")
+        xBC, conv_state = causal_conv1d_step(xBC, self._conv_weight(), self.conv1d.bias, state["conv"],
+                                             "silu")
         xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
         y, ssm_state = ssd_step(xs, dt, A, B, C, state["ssm"], self.D)
         y = self.norm(y.flatten(-2), z)

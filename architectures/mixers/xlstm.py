@@ -57,7 +57,8 @@ class XLSTM(Mixer):
         gate_soft_cap: float | None = 15.0   # same; None switches the cap off
         igate_bias_init: float = -10.0  # mLSTMv1_default.yaml igate_bias_init_range (the 7B paper's
         #                                 "negative input gate bias initialisation")
-        fgate_bias_init: tuple[float, float] = (3.0, 6.0)  # cell.py fgate_bias_init_range: linspace over heads
+        # forget-gate bias: linspace(start, end) over heads (cell.py fgate_bias_init_range)
+        fgate_bias_init: tuple[float, float] = (3.0, 6.0)
         norm_eps: float = 1e-6          # MultiHeadLayerNorm eps (xLSTMLargeConfig.norm_eps)
         eps: float = 1e-6               # cell denominator eps (xLSTMLargeConfig.eps, mlstm_kernels)
         use_bias: bool = False          # no biases in q, k, v, o, out_proj (xLSTMLargeConfig.use_bias)
@@ -166,10 +167,9 @@ class XLSTM(Mixer):
 
     def flops(self, seq_len: int) -> int:
         """Projections plus the dominant terms of the chunkwise algorithm (chunks of L, N = ceil(T / L),
-        the tail padded): per head and chunk ``QK^T`` and ``S V`` (``2 L^2 (Dqk + Dv)``), the carried
-        state read ``Q C`` and the chunk's write ``K^T V`` (``4 L Dqk Dv``). The inter-chunk recurrence
-        is counted as the sequential scan it is (negligible); the CPU reference's unrolled matmul form
-        of it (``2 N^2 Dqk Dv``) is an implementation choice and is not counted."""
+        the tail padded): per head and chunk ``QK^T`` and ``S V`` over the full ``L x L`` block
+        (``2 L^2 (Dqk + Dv)``), the carried-state read ``Q C`` and the chunk's write ``K^T V``
+        (``4 L Dqk Dv``). Gates, norms and the inter-chunk scan (``O(N Dqk Dv)``) are left out."""
         T, d, H = seq_len, self.d_model, self.num_heads
         proj = 2 * T * d * (2 * self.qk_dim + 2 * self.v_dim + 2 * H) + 2 * T * self.v_dim * d
         L = self.cfg.chunk_size

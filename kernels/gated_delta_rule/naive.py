@@ -29,6 +29,7 @@ def gated_delta_rule_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tens
     out_dtype, dt = v.dtype, _work_dtype(v.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
+    # alpha (I - beta k k^T) S + beta k v^T, as alpha S + k (beta (v - alpha S^T k))^T: O(KV), not O(K^2 V)
     S = state.to(dt) * g.exp()[..., None, None]                       # alpha_t S_{t-1}
     delta = beta[..., None] * (v - torch.einsum("bhk,bhkv->bhv", k, S))  # beta (v - S^T k)
     S = S + k[..., :, None] * delta[..., None, :]                     # ... + k delta^T
@@ -122,7 +123,10 @@ def naive_chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, bet
     B, T, H, K = k.shape
     V, out_dtype, dt = v.shape[-1], v.dtype, _work_dtype(v.dtype)
     scale = K ** -0.5 if scale is None else scale
-    C = max(1, min(chunk_size, T))
+    if T == 0:
+        S = initial_state if initial_state is not None else v.new_zeros(B, H, K, V, dtype=dt)
+        return v.new_zeros(B, 0, H, V), (S.to(dt) if output_final_state else None)
+    C = min(chunk_size, T)
     q, k, v, g, beta = (_to_chunks(t.to(dt), C) for t in (q, k, v, g, beta))   # [N, B*H, C, *]
 
     # 1. Intra-chunk terms, all chunks at once.

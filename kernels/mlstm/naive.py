@@ -21,6 +21,8 @@ fp32 (fp64 for fp64 inputs); ``h`` comes back in ``v``'s dtype, the state in the
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -85,56 +87,56 @@ def _to_chunks(x: Tensor, L: int, value: float = 0.0) -> Tensor:
     x = x.movedim(1, 2)                                           # [B, H, T, ...]
     if pad:
         x = torch.cat([x, x.new_full((*x.shape[:2], pad, *x.shape[3:]), value)], dim=2)
-    return x.unflatten(2, (-1, L))
+    return x.unflatten(2, (-1, L)).contiguous()  # contiguous once, not inside every matmul
 
 
 def _chunk_states(k: Tensor, v: Tensor, log_i: Tensor, b: Tensor, state: MLSTMState):
-    """The states entering every chunk and the final one, vectorised over chunks.
+    """The states entering every chunk, and the final one.
 
     ``k: [B, H, N, L, K]``, ``v: [B, H, N, L, V]``, ``log_i, b: [B, H, N, L]`` (``b`` the
     within-chunk inclusive cumsum of log f). Returns ``(C_in [B, H, N, K, V], n_in [B, H, N, K],
-    m_in [B, H, N], final state)``. The boundary stabiliser is the recurrence's own ``m``, unrolled:
-    ``m_c = max(m_0 + G_c, max_{j<c} (G_c - G_{j+1} + a*_j))`` with ``G`` the exclusive cumsum of the
-    chunk decays ``g``, so outputs match the recurrence including its ``exp(-m)`` floor.
+    m_in [B, H, N], final state)``. The boundary stabiliser is the recurrence's own ``m``:
+    ``m_{c+1} = max(g_c + m_c, a*_c)``, unrolled with a cummax, so the outputs match the
+    recurrence including its ``exp(-m)`` floor. Only a scaled add per chunk stays sequential.
     """
     C0, n0, m0 = state
-    N = k.shape[2]
     g = b[..., -1]                                                # [B, H, N] log decay of a chunk
     a = g[..., None] - b + log_i                                  # log weight of k_s v_s^T at chunk end
     a_max = a.amax(-1)                                            # [B, H, N]
-    w = torch.exp(a - a_max[..., None])                           # <= 1
-    kw = k * w[..., None]
-    D = kw.transpose(-1, -2) @ v                                  # [B, H, N, K, V] chunk-local writes
-    d = kw.sum(-2)                                                # [B, H, N, K]
-    # 1. segment sums seg[c, j] = sum_{r=j+1}^{c} g_r (mamba ssd_minimal's segsum: no cancellation)
-    causal = torch.ones(N, N, dtype=torch.bool, device=k.device).tril()
-    g_rep = g[..., :, None].expand(*g.shape, N)                   # [r, j] = g_r
-    seg = g_rep.masked_fill(~causal.tril(-1), 0).cumsum(-2)       # [B, H, N(c), N(j)]
-    # 2. state after chunk c (c = 0..N-1): log weights of the start state and of each chunk's write
-    lw0 = m0[..., None] + g.cumsum(-1)                            # [B, H, N]
-    lw = (seg + a_max[..., None, :]).masked_fill(~causal, float("-inf"))
-    m_out = torch.maximum(lw0, lw.amax(-1))                       # [B, H, N]
-    W = torch.exp(lw - m_out[..., None])                          # [B, H, N, N], <= 1
-    w0 = torch.exp(lw0 - m_out)
-    C_out = w0[..., None, None] * C0[:, :, None] + (W @ D.flatten(-2)).unflatten(-1, D.shape[-2:])
-    n_out = w0[..., None] * n0[:, :, None] + W @ d
-    # 3. the state entering chunk c is the initial one or the one after chunk c - 1
-    C_in = torch.cat([C0[:, :, None], C_out[:, :, :-1]], dim=2)
-    n_in = torch.cat([n0[:, :, None], n_out[:, :, :-1]], dim=2)
-    m_in = torch.cat([m0[:, :, None], m_out[:, :, :-1]], dim=2)
-    return C_in, n_in, m_in, (C_out[:, :, -1], n_out[:, :, -1], m_out[:, :, -1])
+    kw = k * torch.exp(a - a_max[..., None])[..., None]           # weights <= 1
+    C_write = kw.transpose(-1, -2) @ v                            # [B, H, N, K, V] chunk-local writes
+    n_write = kw.sum(-2)                                          # [B, H, N, K]
+    # 1. m after chunk c: G_c + max(m_0, max_{j<=c} (a*_j - G_j)), G the inclusive cumsum of g
+    G = g.cumsum(-1)
+    m_out = G + torch.maximum(m0[..., None], torch.cummax(a_max - G, dim=-1).values)
+    m_prev = torch.cat([m0[..., None], m_out[..., :-1]], dim=-1)  # m entering chunk c
+    decay = torch.exp(g + m_prev - m_out)                         # <= 1
+    write = torch.exp(a_max - m_out)[..., None]                   # <= 1
+    C_write, n_write = C_write * write[..., None], n_write * write
+    # 2. the sequential part: C_{c+1} = decay_c C_c + D_c (and n alike), one fused op per chunk
+    Cs, ns = [C0], [n0]
+    for c in range(g.shape[-1]):
+        dc = decay[..., c, None]
+        Cs.append(torch.addcmul(C_write[:, :, c], dc[..., None], Cs[-1]))
+        ns.append(torch.addcmul(n_write[:, :, c], dc, ns[-1]))
+    C_all, n_all = torch.stack(Cs, dim=2), torch.stack(ns, dim=2)  # [B, H, N + 1, ...]
+    final = (C_all[:, :, -1], n_all[:, :, -1], m_out[..., -1])
+    return C_all[:, :, :-1], n_all[:, :, :-1], m_prev, final
 
 
 def naive_chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
                       scale: float | None = None, eps: float = 1e-6, chunk_size: int = 64,
                       initial_state: MLSTMState | None = None,
                       output_final_state: bool = True) -> tuple[Tensor, MLSTMState | None]:
-    """Chunkwise form (mlstm_kernels' native chunkwise, with the inter-chunk recurrence unrolled
-    into one matmul over chunks): any T, the tail chunk padded internally. Shapes as in the module
-    docstring; returns ``(h: [B, T, H, V], final state (C, n, m) or None)``."""
+    """Chunkwise form (mlstm_kernels' native chunkwise: parallel within a chunk, the states C, n, m
+    passed between chunks), vectorised over chunks but for one scaled add per chunk. Any T, the tail
+    chunk padded internally. Shapes as in the module docstring; returns
+    ``(h: [B, T, H, V], final state (C, n, m) or None)``."""
     B, T, H, K = q.shape
     V, L, out_dtype, dt = v.shape[-1], chunk_size, v.dtype, _work_dtype(v.dtype)
     scale = K ** -0.5 if scale is None else scale
+    if L < 1 or scale <= 0:
+        raise ValueError(f"naive_chunk_mlstm: need chunk_size >= 1 and scale > 0, got {L} and {scale}")
     state = initial_state if initial_state is not None else _zero_state(B, H, K, V, v, dt)
     state = tuple(s.to(dt) for s in state)
     if T == 0:
@@ -143,15 +145,19 @@ def naive_chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     log_i = _to_chunks(i.to(dt), L, float("-inf"))                # [B, H, N, L]
     log_f = _to_chunks(F.logsigmoid(f.to(dt)), L)
     b = log_f.cumsum(-1)                                          # decay from chunk start to l
-    # 1. states entering each chunk (the only sequential part, vectorised over chunks)
+    # 1. states entering each chunk
     C_in, n_in, m_in, final = _chunk_states(k, v, log_i, b, state)
-    # 2. intra-chunk log weights logD[l, s] = b_l - b_s + i_s (s <= l) and the combined stabiliser
-    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
-    log_D = (b[..., :, None] - b[..., None, :] + log_i[..., None, :]).masked_fill(~causal, float("-inf"))
+    # 2. the combined stabiliser m_l = max(b_l + m_in, max_{s<=l} (b_l - b_s + i_s)) == the
+    #    recurrence's m_t; the in-chunk max is a cummax, O(L) rather than a max over [L, L]
     m_inter = b + m_in[..., None]                                 # [B, H, N, L]
-    m = torch.maximum(m_inter, log_D.amax(-1))                    # == the recurrence's m_t
-    # 3. numerator and denominator: carried state plus the causal in-chunk part
-    S = (q @ k.transpose(-1, -2)) * scale * torch.exp(log_D - m[..., None])   # [B, H, N, L, L]
+    m = torch.maximum(m_inter, b + torch.cummax(log_i - b, dim=-1).values)
+    # 3. intra-chunk weights scale * exp(b_l - b_s + i_s - m_l) for s <= l, masked before the exp
+    #    (in place: these [L, L] buffers are the largest temporaries)
+    causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+    log_D = (b - m + math.log(scale))[..., :, None] - (b - log_i)[..., None, :]
+    D = log_D.masked_fill_(~causal, float("-inf")).exp_()         # [B, H, N, L, L]
+    S = (q @ k.transpose(-1, -2)) * D
+    # 4. numerator and denominator: the carried state plus the causal in-chunk part
     q_inter = q * (scale * torch.exp(m_inter - m))[..., None]
     num = q_inter @ C_in + S @ v                                  # [B, H, N, L, V]
     den = (q_inter @ n_in[..., None]).squeeze(-1) + S.sum(-1)     # [B, H, N, L]

@@ -114,12 +114,14 @@ def naive_chunk_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     cs = a_cs.transpose(2, 3).unflatten(2, (G, R)).contiguous()  # [b, c, G, R, Q]
 
     # 1. Diagonal blocks (intra-chunk outputs): y_l = sum_{s<=l} (C_l . B_s) exp(cs_l - cs_s) dt_s x_s.
-    # exp of a difference of cumsums, so no exp(+large) can overflow. tril(-1) zeroes the
-    # diagonal and the anti-causal half before exp (giving exactly 1) and the masked C.B zeroes
-    # the anti-causal half after. Zeroing the diagonal too keeps its O(1) terms out of d(cs):
-    # their +g and -g cancel only after rounding, which swamps dA when decays are fast.
+    # exp of a difference of cumsums, so no exp(+large) can overflow. The strictly-causal mask
+    # zeroes the diagonal and the anti-causal half before exp (giving exactly 1), and the
+    # causal C.B zeroes the anti-causal half after. Zeroing the diagonal too keeps its O(1)
+    # terms out of d(cs): their +g and -g cancel only up to rounding, which swamps dA when
+    # decays are fast. (A multiply by a 0/1 mask: faster on CPU than tril or masked_fill.)
+    strictly_causal = torch.ones(Q, Q, dtype=cdt, device=x.device).tril(-1)
     CB = (Cc @ Bc.transpose(-1, -2)).tril().unsqueeze(3)  # [b, c, G, 1, Q, Q]
-    L = torch.exp((cs[..., :, None] - cs[..., None, :]).tril(-1))  # [b, c, G, R, Q, Q]
+    L = torch.exp((cs[..., :, None] - cs[..., None, :]) * strictly_causal)  # [b, c, G, R, Q, Q]
     x_heads = xdt.unflatten(3, (G, R)).permute(0, 1, 3, 4, 2, 5)  # [b, c, G, R, Q, P]
     y_diag = (CB * L) @ x_heads  # [b, c, G, R, Q, P]
 
@@ -132,11 +134,12 @@ def naive_chunk_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
     # 3. Inter-chunk recurrence (A terms): the state entering each chunk. A scan over the
     # chunks, linear in T/Q (the listing's [c, c] segsum matrix is quadratic in it).
     h = initial_state.to(cdt) if initial_state is not None else x.new_zeros(b, H, P, B.shape[-1], dtype=cdt)
-    chunk_decay = torch.exp(a_cs[:, :, -1])  # [b, c, H]
+    chunk_decay = torch.exp(a_cs[:, :, -1])[..., None, None]  # [b, c, H, 1, 1]
     entering = []
-    for c in range(states.shape[1]):
+    # unbind, not states[:, c]: the backward of c selects would write c full-size zero tensors
+    for decay_c, states_c in zip(chunk_decay.unbind(1), states.unbind(1)):
         entering.append(h)
-        h = chunk_decay[:, c, :, None, None] * h + states[:, c]
+        h = decay_c * h + states_c
     entering = torch.stack(entering, dim=1).unflatten(2, (G, R)).flatten(3, 4)  # [b, c, G, R*P, N]
 
     # 4. State -> output (C terms): y_l += exp(cs_l) C_l h_entering, again R*P wide per group.

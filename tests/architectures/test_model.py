@@ -93,7 +93,7 @@ def test_prefill_then_step_equals_forward():
 
 def test_bad_model_arguments_raise():
     with pytest.raises(UnknownNameError, match="Did you mean 'mamba2'"):
-        build_model(16, 32, 2, mixer="mamba3")
+        build_model(16, 32, 2, mixer="mamba22")
     with pytest.raises(UnknownNameError, match="config key"):
         build_model(16, 32, 2, mixer="attention", num_head=2)
     with pytest.raises(ConfigError, match="expected int"):

@@ -15,10 +15,10 @@ from kernels.mlstm import mlstm_step, naive_chunk_mlstm, naive_recurrent_mlstm
 from tests.conftest import assert_rel_close
 
 # Per tensor and dtype. fp64: both forms are exact up to rounding (observed <= 3e-13 on h).
-# fp32 against the fp64 truth: rounding of exp/log over 130 tokens (observed ~1e-6 .. 1e-5).
+# fp32 against the fp64 truth: rounding over 130 tokens (observed h 9e-6, states ~1e-6, grads <= 4e-5).
 TOL = {
     torch.float64: {"h": 1e-10, "state": 1e-10, "grad": 1e-9},
-    torch.float32: {"h": 1e-4, "state": 1e-4, "grad": 1e-3},
+    torch.float32: {"h": 1e-4, "state": 1e-4, "grad": 5e-4},
 }
 
 # Gate regimes (preactivations): forget gate near 1 (long memory), near 0 (forgets at once, m
@@ -31,7 +31,8 @@ def _inputs(B, T, H, K, V, gates, dtype, with_state):
     f_mean, i_mean = GATES[gates]
     g = torch.Generator().manual_seed(1)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    x = dict(q=r(B, T, H, K), k=r(B, T, H, K), v=r(B, T, H, V), i=i_mean + 2 * r(B, T, H), f=f_mean + r(B, T, H))
+    x = dict(q=r(B, T, H, K), k=r(B, T, H, K), v=r(B, T, H, V),
+             i=i_mean + 2 * r(B, T, H), f=f_mean + r(B, T, H))
     state = (r(B, H, K, V), r(B, H, K), r(B, H)) if with_state else None
     return x, state
 
@@ -53,7 +54,8 @@ def _run(fn, x, state, m_ref=None, **kw):
     C, n = _invariant(final, m_ref)
     g = torch.Generator().manual_seed(2)
     # weights drawn in fp64 then cast: the same loss for every dtype
-    loss = sum((t * torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype)).sum() for t in (h, C, n))
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(t.dtype) for t in (h, C, n)]
+    loss = sum((t * w).sum() for t, w in zip((h, C, n), weights))
     inputs = [*leaves.values(), *(s0 or ())]
     grads = torch.autograd.grad(loss, inputs)
     names = [*leaves, *(("C0", "n0", "m0") if s0 else ())]
@@ -77,9 +79,9 @@ def test_chunk_equals_recurrent_fp64(shape, with_state, gates):
     if shape[1] == 1 and not with_state:
         # Relaxed, df only: one token from the zero state, f touches nothing but the stabiliser m,
         # on which h depends only through eps (and C exp(m - m_ref) not at all). The true df is then
-        # ~1e-10 of the other gradients, a difference of O(1) terms that keeps their rounding
-        # (observed up to 2e-6 relative).
-        tol["grad_f"] = 1e-5
+        # ~1e-11 of the other gradients, a difference of O(1) terms that keeps their rounding:
+        # observed relative errors 1e-6 .. 1e-5, i.e. ~1e-16 of the gradients it is made from.
+        tol["grad_f"] = 1e-3
     for chunk_size in (16, 64):
         h, s, _, grads = _run(naive_chunk_mlstm, x, state, m_ref=m_ref, chunk_size=chunk_size)
         where = f"chunk_size={chunk_size}"

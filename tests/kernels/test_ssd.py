@@ -95,9 +95,10 @@ def test_step_is_the_recurrence_as_written():
         g, dt = head // 2, t["dt"][:, 0, head, None, None]
         h_ref = torch.exp(dt * t["A"][head]) * t["h0"][:, head] + dt * t["x"][:, 0, head, :, None] * \
             t["B"][:, 0, g, None, :]
-        y_ref = h_ref @ t["C"][:, 0, g] [..., None]
+        y_ref = h_ref @ t["C"][:, 0, g, :, None]
         assert_rel_close(h[:, head], h_ref, 1e-14, f"state of head {head}")
-        assert_rel_close(y[:, head], y_ref[..., 0] + t["D"][head] * t["x"][:, 0, head], 1e-14, f"y head {head}")
+        y_ref = y_ref[..., 0] + t["D"][head] * t["x"][:, 0, head]
+        assert_rel_close(y[:, head], y_ref, 1e-14, f"output of head {head}")
 
 
 def test_groups_map_to_consecutive_heads():
