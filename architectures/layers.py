@@ -1,9 +1,19 @@
 """Small layers shared by mixers and the model: RMS norms, the SwiGLU MLP."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def dt_bias_init(n: int, dt_min: float = 1e-3, dt_max: float = 1e-1, floor: float = 1e-4) -> Tensor:
+    """softplus^-1 of dt ~ log-uniform(dt_min, dt_max), floored at ``floor``: the time-step bias
+    init of mamba_ssm (Mamba, Mamba-2) and fla (Gated DeltaNet), so softplus(bias) starts in range."""
+    lo, hi = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(torch.rand(n) * (hi - lo) + lo).clamp(min=floor)
+    return dt + torch.log(-torch.expm1(-dt))  # softplus^-1, stable for small dt
 
 
 class RMSNorm(nn.Module):

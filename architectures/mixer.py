@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from arena.registry import Registry, build_config, did_you_mean
+from kernels.dtypes import state_dtype  # noqa: F401  (re-exported for mixers)
 
 State = dict[str, Tensor]
 
@@ -135,8 +136,3 @@ def build_mixer(name: str, d_model: int, impl: str = "auto", layer_idx: int = 0,
     cls = MIXERS[name]
     cfg = build_config(cls.Config, overrides, where=f"mixer {name!r}")
     return cls(d_model, cfg, layer_idx=layer_idx, impl=impl)
-
-
-def state_dtype(dtype: torch.dtype | None) -> torch.dtype:
-    """Recurrent states accumulate in fp32 (fp64 when the activations are fp64)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32

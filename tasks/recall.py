@@ -4,7 +4,6 @@ and its relatives. Every generator is a pure, vectorised function of its argumen
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch

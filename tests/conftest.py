@@ -26,3 +26,13 @@ def assert_rel_close(actual, expected, tol: float, name: str = "tensor") -> None
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def assert_run_close(actual, expected, tol: dict[str, float]) -> None:
+    """Compare ``(output, final state, {input name: gradient})`` of a fast form against its
+    reference: ``tol["out"]`` for output and state, ``tol["grad"]`` for every gradient."""
+    (y, h, g), (y_ref, h_ref, g_ref) = actual, expected
+    assert_rel_close(y, y_ref.to(y.dtype), tol["out"], "output")
+    assert_rel_close(h, h_ref.to(h.dtype), tol["out"], "final state")
+    for k in g_ref:
+        assert_rel_close(g[k], g_ref[k].to(g[k].dtype), tol["grad"], f"d{k}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from architectures.layers import GatedRMSNorm
+from architectures.layers import GatedRMSNorm, dt_bias_init
 from architectures.mixer import MIXERS, Mixer, MixerConfig, State, state_dtype
 from kernels.gated_delta_rule import gated_delta_rule_step, naive_chunk_gated_delta_rule
 from kernels.short_conv import causal_conv1d, causal_conv1d_step
@@ -103,8 +103,7 @@ class GatedDeltaNet(Mixer):
         # fla: A ~ U(0, 16), A_log = log A; dt log-uniform in [1e-3, 1e-1] floored at 1e-4,
         # dt_bias = softplus^{-1}(dt) = dt + log(1 - exp(-dt)).
         self.A_log = nn.Parameter(torch.empty(H).uniform_(0, 16).log())
-        dt = torch.exp(torch.rand(H) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias = nn.Parameter(dt_bias_init(H, dt_min=1e-3, dt_max=1e-1, floor=1e-4))
         self.A_log._no_weight_decay = self.dt_bias._no_weight_decay = True
         # fla's FusedRMSNormGated(head_v_dim): per-head RMSNorm, weight shared by heads, then * silu(z).
         self.o_norm = GatedRMSNorm(V, eps=cfg.norm_eps, norm_before_gate=True)

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from architectures.layers import dt_bias_init
 from architectures.mixer import MIXERS, Mixer, MixerConfig, State, state_dtype
 from kernels.selective_scan import naive_chunk_selective_scan, selective_scan_step
 from kernels.short_conv import causal_conv1d, causal_conv1d_step
@@ -98,9 +99,7 @@ class Mamba(Mixer):
             self.dt_proj.weight.fill_(s)
         else:
             self.dt_proj.weight.uniform_(-s, s)
-        lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
-        dt = torch.exp(torch.rand(self.d_inner) * (hi - lo) + lo).clamp(min=cfg.dt_init_floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1, stable for small dt
+        self.dt_proj.bias.copy_(dt_bias_init(self.d_inner, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor))
         self.dt_proj.bias._no_reinit = True  # as mamba_ssm: a model-wide bias reset must skip it
 
     # -- pieces shared by forward and step ---------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from architectures.layers import GatedRMSNorm
+from architectures.layers import GatedRMSNorm, dt_bias_init
 from architectures.mixer import MIXERS, Mixer, MixerConfig, State, state_dtype
 from kernels.short_conv import causal_conv1d, causal_conv1d_step
 from kernels.ssd import naive_chunk_ssd, ssd_step
@@ -93,9 +93,7 @@ class Mamba2(Mixer):
 
     def _init_dt_bias(self, cfg: Config) -> Tensor:
         """softplus^-1 of dt ~ log-uniform(dt_min, dt_max) floored at dt_init_floor (mamba_ssm)."""
-        lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
-        dt = torch.exp(torch.rand(self.nheads) * (hi - lo) + lo).clamp(min=cfg.dt_init_floor)
-        return dt + torch.log(-torch.expm1(-dt))  # softplus^-1, stable for small dt
+        return dt_bias_init(self.nheads, cfg.dt_min, cfg.dt_max, cfg.dt_init_floor)
 
     # -- pieces shared by forward and step ---------------------------------------------------------
     def _split(self, zxbcdt: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -16,17 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kernels.dtypes import state_dtype
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Kernels import nothing from architectures/ (DESIGN.md); same rule as mixer.state_dtype.
-    return torch.float64 if dtype == torch.float64 else torch.float32
+
 
 
 def gated_delta_rule_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, state: Tensor,
                           scale: float | None = None) -> tuple[Tensor, Tensor]:
     """One token: ``q, k: [B, H, K]``, ``v: [B, H, V]``, ``g, beta: [B, H]``, ``state: [B, H, K, V]``
     -> ``(o: [B, H, V] in v's dtype, new state [B, H, K, V] in the work dtype)``."""
-    out_dtype, dt = v.dtype, _work_dtype(v.dtype)
+    out_dtype, dt = v.dtype, state_dtype(v.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v, g, beta = (t.to(dt) for t in (q, k, v, g, beta))
     # alpha (I - beta k k^T) S + beta k v^T, as alpha S + k (beta (v - alpha S^T k))^T: O(KV), not O(K^2 V)
@@ -43,7 +42,7 @@ def naive_recurrent_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor,
     """The ground truth, token by token. Shapes as in the module docstring;
     returns ``(o: [B, T, H, V], final state [B, H, K, V] or None)``."""
     B, T, H, K = k.shape
-    dt = _work_dtype(v.dtype)
+    dt = state_dtype(v.dtype)
     S = initial_state.to(dt) if initial_state is not None else v.new_zeros(B, H, K, v.shape[-1], dtype=dt)
     outs = []
     for t in range(T):
@@ -121,7 +120,7 @@ def naive_chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, bet
         S_C = exp(gamma_C) S0 + (K exp(gamma_C - gamma))^T U
     """
     B, T, H, K = k.shape
-    V, out_dtype, dt = v.shape[-1], v.dtype, _work_dtype(v.dtype)
+    V, out_dtype, dt = v.shape[-1], v.dtype, state_dtype(v.dtype)
     scale = K ** -0.5 if scale is None else scale
     if T == 0:
         S = initial_state if initial_state is not None else v.new_zeros(B, H, K, V, dtype=dt)

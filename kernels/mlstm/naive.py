@@ -27,12 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kernels.dtypes import state_dtype
+
 MLSTMState = tuple[Tensor, Tensor, Tensor]
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Kernels import nothing from architectures/ (DESIGN.md); same rule as mixer.state_dtype.
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _zero_state(B: int, H: int, K: int, V: int, like: Tensor, dtype: torch.dtype) -> MLSTMState:
@@ -44,7 +43,7 @@ def mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, state: MLS
                scale: float | None = None, eps: float = 1e-6) -> tuple[Tensor, MLSTMState]:
     """One token: ``q, k: [B, H, K]``, ``v: [B, H, V]``, ``i, f: [B, H]`` (preactivations),
     ``state = (C [B, H, K, V], n [B, H, K], m [B, H])`` -> ``(h: [B, H, V], new state)``."""
-    out_dtype, dt = v.dtype, _work_dtype(v.dtype)
+    out_dtype, dt = v.dtype, state_dtype(v.dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v, i, f = (t.to(dt) for t in (q, k, v, i, f))
     C, n, m = (s.to(dt) for s in state)
@@ -68,7 +67,7 @@ def naive_recurrent_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     returns ``(h: [B, T, H, V], final state (C, n, m) or None)``."""
     B, T, H, K = q.shape
     V = v.shape[-1]
-    dt = _work_dtype(v.dtype)
+    dt = state_dtype(v.dtype)
     state = initial_state if initial_state is not None else _zero_state(B, H, K, V, v, dt)
     state = tuple(s.to(dt) for s in state)
     outs = []
@@ -133,7 +132,7 @@ def naive_chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     chunk padded internally. Shapes as in the module docstring; returns
     ``(h: [B, T, H, V], final state (C, n, m) or None)``."""
     B, T, H, K = q.shape
-    V, L, out_dtype, dt = v.shape[-1], chunk_size, v.dtype, _work_dtype(v.dtype)
+    V, L, out_dtype, dt = v.shape[-1], chunk_size, v.dtype, state_dtype(v.dtype)
     scale = K ** -0.5 if scale is None else scale
     if L < 1 or scale <= 0:
         raise ValueError(f"naive_chunk_mlstm: need chunk_size >= 1 and scale > 0, got {L} and {scale}")

@@ -23,11 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kernels.dtypes import state_dtype
 
-def state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32, fp64 for fp64 inputs: ``architectures.mixer.state_dtype``, restated here because
-    kernels never import architectures (DESIGN.md, "Imports run one way")."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+
 
 
 def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> None:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.ssd import naive_chunk_ssd, naive_recurrent_ssd, ssd_step
-from tests.conftest import assert_rel_close
+from tests.conftest import assert_rel_close, assert_run_close
 
 # ||a - b|| / ||b||. float64: both sides are exact up to rounding, so 1e-10 has ample room.
 # float32 (chunked, fp32) against the float64 recurrence: outputs and states 1e-5; gradients
@@ -43,12 +43,6 @@ def run(fn, t, **kw):
     return y, h, dict(zip([k for k in INPUTS if t[k] is not None], grads))
 
 
-def compare(actual, expected, dtype):
-    (y, h, g), (y_ref, h_ref, g_ref) = actual, expected
-    assert_rel_close(y, y_ref.to(y.dtype), TOL[dtype]["out"], "output")
-    assert_rel_close(h, h_ref.to(h.dtype), TOL[dtype]["out"], "final state")
-    for k in g_ref:
-        assert_rel_close(g[k], g_ref[k].to(g[k].dtype), TOL[dtype]["grad"], f"d{k}")
 
 
 
@@ -65,7 +59,7 @@ def test_chunk_matches_recurrent_fp64(T, decay, initial_state):
     t = make_inputs(2, T, 4, 2, 8, 6, decay, initial_state=initial_state)
     ref = run(naive_recurrent_ssd, t)
     for chunk_size in (16, 64):
-        compare(run(naive_chunk_ssd, t, chunk_size=chunk_size), ref, torch.float64)
+        assert_run_close(run(naive_chunk_ssd, t, chunk_size=chunk_size), ref, TOL[torch.float64])
 
 
 def test_chunk_matches_recurrent_fp32():
@@ -74,7 +68,7 @@ def test_chunk_matches_recurrent_fp32():
     t64 = {k: v.detach().double().requires_grad_() for k, v in t32.items()}
     y, h, g = run(naive_chunk_ssd, t32, chunk_size=32)
     assert y.dtype == torch.float32 and h.dtype == torch.float32
-    compare((y, h, g), run(naive_recurrent_ssd, t64), torch.float32)
+    assert_run_close((y, h, g), run(naive_recurrent_ssd, t64), TOL[torch.float32])
 
 
 def test_low_precision_inputs_keep_an_fp32_state():
