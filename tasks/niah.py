@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from arena.records import parse_metric_key
 from tasks.recall import sample_distinct, test_seed, train_seed
 from tasks.task import IGNORE, TASKS, Split, Task, TaskConfig, TaskData
 
@@ -248,8 +249,7 @@ def niah_grid(metrics: dict[str, float], metric: str = "exact_match") -> list[di
     skipped. ``[{"length": 256, "depth": 0.0, "exact_match": 1.0}, ...]``"""
     rows = []
     for key, value in metrics.items():
-        name, _, where = key.partition("@")
-        settings = dict(part.partition("=")[::2] for part in where.split(",")) if where else {}
+        name, settings = parse_metric_key(key)
         if name == metric and settings.keys() == {"len", "depth"}:
             rows.append({"length": int(settings["len"]), "depth": float(settings["depth"]), metric: value})
     return sorted(rows, key=lambda r: (r["length"], r["depth"]))
