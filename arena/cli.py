@@ -6,95 +6,184 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
-EXAMPLES = """examples:
-  arena list                      the registered mixers, their implementations and sizes
-  arena list --d-model 512 --seq-len 4096
-  arena demo                      build every mixer, check decode == forward, show sizes
-"""
+EXAMPLES = {
+    "list": "arena list\n  arena list --d-model 512 --seq-len 4096",
+    "run": ("arena run --task mqar --mixer mamba2\n"
+            "  arena run --task mqar --mixer attention --set model.d_model=64 --set model.mlp=false \\\n"
+            "      --set task.seq_len=128 --set task.num_kv_pairs=8 --set optim.lr=3e-3\n"
+            "  arena run --task niah --pattern gated_deltanet,gated_deltanet,attention --set mixer.attention.num_heads=2"),
+    "sweep": ("arena sweep demo\n  arena sweep zoology_mqar --preset cpu --workers 2\n"
+              "  arena sweep zoology_mqar --preset gpu --executor ray --address auto\n"
+              "  arena sweep zoology_mqar --retry-failed --set optim.max_steps=200"),
+    "leaderboard": "arena leaderboard\n  arena leaderboard --task mqar --results my_results",
+    "demo": "arena demo\n  arena demo --results /tmp/arena_demo",
+}
 
 
-def _mixer_rows(d_model: int, seq_len: int) -> list[dict]:
+class UsageError(Exception):
+    """A bad value on the command line: printed as one line, exit code 2."""
+
+
+def cmd_list(args) -> int:
+    import dataclasses
+
+    from arena.recipes import RECIPES
     from architectures import MIXERS, build_mixer
+    from tasks import TASKS
 
-    rows = []
+    print(f"mixers (d_model={args.d_model}; state = scalars per sequence, GFLOPs = forward per sequence "
+          f"at seq_len={args.seq_len}):")
     for name in MIXERS.names():
-        mixer = build_mixer(name, d_model)
-        rows.append({
-            "mixer": name,
-            "impls": ",".join(type(mixer).IMPLS),
-            "runs": mixer.impl,
-            "params": sum(p.numel() for p in mixer.parameters()),
-            "state": mixer.state_size(seq_len),
-            "GFLOPs": mixer.flops(seq_len) / 1e9,
-        })
-    return rows
-
-
-def _print_table(rows: list[dict]) -> None:
-    cols = list(rows[0])
-    cells = [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    print(f"mixers at d_model={args.d_model}; state (scalars per sequence) and forward GFLOPs "
-          f"per sequence at seq_len={args.seq_len}:")
-    _print_table(_mixer_rows(args.d_model, args.seq_len))
+        m = build_mixer(name, args.d_model)
+        params = sum(p.numel() for p in m.parameters())
+        print(f"  {name:16s} impls: {','.join(type(m).IMPLS):10s} runs here: {m.impl:10s} params {params:>9,d}  "
+              f"state {m.state_size(args.seq_len):>10,d}  GFLOPs {m.flops(args.seq_len) / 1e9:8.3f}")
+        keys = ", ".join(f"{f.name}={getattr(m.cfg, f.name)!r}" for f in dataclasses.fields(m.cfg))
+        print(f"  {'':16s} config: {keys}")
+    print("\ntasks (primary metric):")
+    for name in TASKS.names():
+        print(f"  {name:18s} {TASKS[name].primary_metric}")
+    print("\nrecipes (arena sweep NAME --preset cpu|gpu):")
+    for name in RECIPES.names():
+        doc = (RECIPES[name].__doc__ or "").strip().split("\n")[0]
+        print(f"  {name:18s} {doc}")
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Until the task runners land: build a tiny model of every mixer and one hybrid, check that
-    recurrent decoding reproduces the parallel forward, and show their sizes."""
-    import torch
+def _run_config(args):
+    from arena.config import RunConfig, apply_overrides
 
-    from architectures import MIXERS, build_model
+    if (args.mixer is None) == (args.pattern is None):
+        raise UsageError("give exactly one of --mixer NAME or --pattern NAME,NAME,...")
+    pattern = tuple(args.pattern.split(",")) if args.pattern else None
+    base = {"model": {"mixer": args.mixer, "pattern": pattern}, "task": {"name": args.task},
+            "seed": args.seed, "device": args.device}
+    return RunConfig.from_dict(apply_overrides(base, args.set or []))
 
-    torch.manual_seed(0)
-    cmd_list(argparse.Namespace(d_model=args.d_model, seq_len=args.seq_len))
-    print("\ndecode == forward check (float64, 2 layers, 64 tokens):")
-    tokens = torch.randint(0, 256, (2, 64))
-    for name in MIXERS.names() + ["hybrid"]:
-        spec = {"pattern": ["gated_deltanet", "attention"]} if name == "hybrid" else {"mixer": name}
-        model = build_model(256, args.d_model, 2, **spec).double().eval()
-        start = time.perf_counter()
-        with torch.no_grad():
-            full = model(tokens)
-            logits, state = model.prefill(tokens[:, :1])
-            steps = [logits]
-            for t in range(1, tokens.shape[1]):
-                lt, state = model.step(tokens[:, t], state)
-                steps.append(lt[:, None])
-        err = ((torch.cat(steps, 1) - full).norm() / full.norm()).item()
-        ok = "ok" if err < 1e-9 else "MISMATCH"
-        print(f"  {name:16s} params {model.num_params():>9,d}  rel err {err:.1e}  {ok}  "
-              f"({time.perf_counter() - start:.2f}s)")
-        if ok != "ok":
-            return 1
+
+def cmd_run(args) -> int:
+    from arena.execute import execute
+    from arena.store import Store
+
+    cfg = _run_config(args)
+    store = Store(args.results)
+    if store.status_of(cfg.run_id) == "ok":
+        print(f"run {cfg.run_id} is already in {args.results} with status ok; nothing to do")
+        return 0
+    print(f"run {cfg.run_id}: {cfg.task} with {cfg.mixer_label} (d_model {cfg.model.d_model}, "
+          f"{cfg.model.n_layers} layers), seed {cfg.seed}")
+    record = execute(cfg, store)
+    print(f"status {record.status} in {record.wall_time_s:.1f}s on {record.device} (impl {record.impl})")
+    for key, value in record.metrics.items():
+        print(f"  {key:32s} {value:.4f}")
+    if record.error:
+        print(record.error.strip().splitlines()[-1], file=sys.stderr)
+    print(f"record written to {args.results}/")
+    return 0 if record.status == "ok" else 1
+
+
+def _sweep(configs, args) -> int:
+    from arena.sweep import run_sweep
+
+    summary = run_sweep(configs, results=args.results, executor=args.executor, workers=args.workers,
+                        address=args.address, retry_failed=args.retry_failed)
+    print(summary)
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from arena.config import RunConfig, apply_overrides
+    from arena.recipes import build_recipe
+
+    configs = build_recipe(args.recipe, args.preset)
+    if args.set:
+        configs = [RunConfig.from_dict(apply_overrides(c.to_dict(), args.set)) for c in configs]
+    print(f"recipe {args.recipe} ({args.preset}): {len(configs)} runs -> {args.results}/")
+    return _sweep(configs, args)
+
+
+def cmd_leaderboard(args) -> int:
+    from arena.leaderboard import format_table, leaderboard
+    from arena.store import load
+
+    print(format_table(leaderboard(load(args.results), task=args.task)))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from arena.recipes import build_recipe
+
+    configs = build_recipe("demo")
+    print(f"arena demo: {len(configs)} runs of MQAR, one per mixer, on this machine -> {args.results}/")
+    args.executor, args.address, args.retry_failed = "local", None, False
+    _sweep(configs, args)
+    cmd_leaderboard(argparse.Namespace(results=args.results, task="mqar"))
+    print(f"\nrecords: {args.results}/   (load them with arena.store.load({args.results!r}))")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="arena", description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    fmt = argparse.RawDescriptionHelpFormatter
+    all_examples = "examples:\n  " + "\n  ".join(EXAMPLES.values())
+    parser = argparse.ArgumentParser(prog="arena", description=__doc__.split("\n\n")[0],
+                                     epilog=all_examples, formatter_class=fmt)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, fn, help_ in [("list", cmd_list, "list the registered mixers"),
-                            ("demo", cmd_demo, "the end-to-end demo (CPU, a few seconds)")]:
-        p = sub.add_parser(name, help=help_, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-        p.add_argument("--d-model", type=int, default=64, help="model width (default 64)")
-        p.add_argument("--seq-len", type=int, default=2048, help="sequence length for sizes (default 2048)")
+
+    def add(name, fn, help_):
+        p = sub.add_parser(name, help=help_, description=help_, epilog="examples:\n  " + EXAMPLES[name],
+                           formatter_class=fmt)
         p.set_defaults(func=fn)
+        return p
+
+    def results_opt(p):
+        p.add_argument("--results", default="results", metavar="DIR", help="the results store (default: results/)")
+
+    p = add("list", cmd_list, "list the mixers (with configs and implementations here), tasks and recipes")
+    p.add_argument("--d-model", type=int, default=64, help="model width for the sizes shown (default 64)")
+    p.add_argument("--seq-len", type=int, default=2048, help="sequence length for the sizes shown (default 2048)")
+
+    p = add("run", cmd_run, "train and evaluate one configuration, writing its record to the store")
+    p.add_argument("--task", required=True, help="a task name (arena list shows them)")
+    p.add_argument("--mixer", help="one mixer for every layer")
+    p.add_argument("--pattern", help="a hybrid: comma-separated mixers, repeated to model.n_layers")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key: model.*, mixer.*, task.*, optim.*, seed, device (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    results_opt(p)
+
+    p = add("sweep", cmd_sweep, "run a recipe's grid of configurations; resumable (finished runs are skipped)")
+    p.add_argument("recipe", help="a recipe name (arena list shows them)")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "gpu"], help="recipe scale (default cpu)")
+    p.add_argument("--executor", default="local", help="local (worker processes here) or ray")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    p.add_argument("--workers", type=int, help="concurrent runs (default: one per GPU, else 1)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the runs whose last record failed")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key in every run of the recipe")
+    results_opt(p)
+
+    p = add("leaderboard", cmd_leaderboard, "per task and setting: each mixer's best over the tuning grid")
+    p.add_argument("--task", help="only this task")
+    results_opt(p)
+
+    p = add("demo", cmd_demo, "the end-to-end demo: a small MQAR head-to-head of every mixer on this machine")
+    p.add_argument("--workers", type=int, default=2, help="concurrent runs (default 2)")
+    results_opt(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    from arena.registry import ConfigError, UnknownNameError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, UnknownNameError, ConfigError) as err:
+        parser.exit(2, f"arena {args.command}: error: {err}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "\ninterrupted; finished runs are in the store, `arena sweep` again resumes\n")
 
 
 if __name__ == "__main__":

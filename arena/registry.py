@@ -43,19 +43,23 @@ def did_you_mean(name: str, valid: typing.Iterable[str], what: str) -> str:
 class Registry(Generic[T]):
     """Name -> class, filled by a decorator and, lazily, by an entry-point group.
 
+    ``base=None`` registers plain callables (recipes are functions).
+
     Entry points (``[project.entry-points."arena.mixers"]`` in a third-party package) are
     imported the first time a name is missing or the full list is asked for, so importing
     arena never imports user code it does not need.
     """
 
-    def __init__(self, kind: str, base: type, entry_point_group: str | None = None):
+    def __init__(self, kind: str, base: type | None, entry_point_group: str | None = None):
         self.kind, self.base, self.entry_point_group = kind, base, entry_point_group
         self._entries: dict[str, T] = {}
         self._entry_points_loaded = entry_point_group is None
 
     def register(self, name: str) -> Callable[[T], T]:
         def decorator(cls: T) -> T:
-            if not (isinstance(cls, type) and issubclass(cls, self.base)):
+            if self.base is None and not callable(cls):
+                raise TypeError(f"{self.kind} {name!r}: {cls!r} must be callable")
+            if self.base is not None and not (isinstance(cls, type) and issubclass(cls, self.base)):
                 raise TypeError(f"{self.kind} {name!r}: {cls!r} must subclass {self.base.__name__}")
             if name in self._entries and self._entries[name] is not cls:
                 other = self._entries[name]

@@ -35,7 +35,6 @@ class TrainConfig:
     eval_batch_size: int = 256
     early_stop: float | None = None  # stop once the task's primary metric reaches this
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    device: str = "auto"  # auto: cuda when available, else cpu
     progress: bool = True
 
 
@@ -110,11 +109,12 @@ def batches(split: Split, batch_size: int, generator: torch.Generator):
             yield split.inputs[idx], split.labels[idx]
 
 
-def train(model: nn.Module, task: Task, cfg: TrainConfig, seed: int = 0, data: TaskData | None = None) -> RunResult:
-    """Train ``model`` on ``task`` and evaluate it. A NaN/inf loss ends the run as ``diverged``
-    and an out-of-memory error as ``oom``; both return a result instead of raising. On the CPU,
-    the same seed gives the same losses bit for bit."""
-    device = resolve_device(cfg.device)
+def train(model: nn.Module, task: Task, cfg: TrainConfig, seed: int = 0, data: TaskData | None = None,
+          device: str = "auto") -> RunResult:
+    """Train ``model`` on ``task`` and evaluate it on ``device`` ("auto": CUDA when available).
+    A NaN/inf loss ends the run as ``diverged`` and an out-of-memory error as ``oom``; both
+    return a result instead of raising. On the CPU, the same seed gives the same losses bit for bit."""
+    device = resolve_device(device)
     start = time.perf_counter()
     run = _Run(task, cfg)
     try:

@@ -103,11 +103,11 @@ class Task(ABC):
             metrics[f"exact_match{at}"] = torch.cat(exact).mean().item()
         return metrics
 
-    def run(self, model, train, seed: int = 0):
+    def run(self, model, train, seed: int = 0, device: str = "auto"):
         """Train ``model`` with ``train`` (a ``tasks.runner.TrainConfig``) and evaluate it."""
         from tasks.runner import train as train_model
 
-        return train_model(model, self, train, seed=seed)
+        return train_model(model, self, train, seed=seed, device=device)
 
 
 TASKS: Registry[type[Task]] = Registry("task", base=Task, entry_point_group="arena.tasks")

@@ -114,7 +114,7 @@ def test_bad_settings_raise_clearly():
     with pytest.raises(ValueError, match="exceeds the 64 training examples"):
         train(_tiny_model(), _tiny_task(), TrainConfig(**{**QUICK, "batch_size": 65}))
     with pytest.raises(ValueError, match="precision='fp32'"):
-        train(_tiny_model(), _tiny_task(), TrainConfig(**{**QUICK, "precision": "bf16", "device": "cpu"}))
+        train(_tiny_model(), _tiny_task(), TrainConfig(**{**QUICK, "precision": "bf16"}), device="cpu")
 
 
 @pytest.mark.slow
