@@ -49,7 +49,7 @@ def demo(preset: str = "cpu") -> list[RunConfig]:
     return grid("mqar", d_models=(64,), lrs=(3e-3,), mlp=False, mixer_overrides=CPU_MIXER_OVERRIDES,
                 settings=[dict(vocab_size=64, seq_len=32, num_kv_pairs=4, num_train_examples=10_000,
                                num_test_examples=500)],
-                optim=dict(max_steps=600, batch_size=32, eval_every=150, early_stop=0.99))
+                optim=dict(max_steps=600, batch_size=64, eval_every=150, early_stop=0.99))
 
 
 @RECIPES.register("zoology_mqar")

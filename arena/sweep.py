@@ -14,12 +14,14 @@ Executors:
 - ``local`` (default): every run in its own ``python -m arena.worker`` process, ``workers`` at
   once. With CUDA, each worker sees exactly one GPU (``CUDA_VISIBLE_DEVICES``), handed out
   round robin from the free ones, so no two concurrent runs share a GPU; ``workers`` defaults
-  to (and is capped at) the number of visible GPUs. On CPU it defaults to 1: one run at a time
-  with all cores, which is both the fastest way through a queue of small runs and the
-  deterministic one; with ``workers=N`` each worker gets ``cores // N`` threads
-  (``OMP_NUM_THREADS``, unless already set). A worker that dies without writing a record
-  (a signal, a segfault, the OOM killer) is started again, at most twice; after that the
-  sweep writes a ``failed`` record with the worker's last output, so the sweep ends.
+  to (and is capped at) the number of visible GPUs. On CPU it defaults to 1: one run at a time,
+  torch using every core, so runs never fight over cores and a run's thread count (and with it
+  its last bits) does not depend on the sweep's width. With ``workers=N > 1`` (CPU or GPU)
+  each worker gets ``cores // N`` threads (``OMP_NUM_THREADS``, unless already set); CPU
+  results are bit-identical between sweeps run with the same thread count. A worker that
+  dies without writing a record (a signal, a segfault, the OOM killer) is started again, at
+  most twice; after that the sweep writes a ``failed`` record with the worker's last output.
+  A worker that wrote a record (even ``failed``) is never started again.
 - ``ray``: the same runs as Ray tasks (one GPU each where the cluster has GPUs, else one CPU;
   ``max_retries=2`` for dead workers), against the cluster at ``address`` or a local Ray
   instance started for the sweep. The workers write the records, so on a cluster the results
@@ -125,8 +127,8 @@ def _plan(configs: list[RunConfig], store: Store, executor: str,
     ids = [cfg.run_id for cfg in configs]
     repeated = sorted(run_id for run_id, n in collections.Counter(ids).items() if n > 1)
     if repeated:
-        raise ConfigError(f"the sweep holds these runs more than once: {', '.join(repeated)}; "
-                          f"a run (config + seed) may appear once; configs differing only in optim.progress are one run")
+        raise ConfigError(f"the sweep holds these runs more than once: {', '.join(repeated)}; a run "
+                          f"(config + seed) may appear once, and optim.progress does not make a new one")
     summary = SweepSummary(executor=executor, run_ids=ids)
     runs = []
     for cfg, run_id in zip(configs, ids):
@@ -185,7 +187,8 @@ def visible_gpus() -> list[str]:
     if torch is not None:
         return [str(i) for i in range(torch.cuda.device_count())]
     try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=60)
+        listing = subprocess.run(["nvidia-smi", "-L"], check=False, capture_output=True, text=True,
+                                 timeout=60)
     except (OSError, subprocess.SubprocessError):
         return []
     if listing.returncode != 0:
@@ -216,7 +219,7 @@ def _run_local(runs: list[_Run], store: Store, workers: int | None, summary: Swe
                       f"once, one per GPU", stacklevel=3)
     n = min(workers or len(gpus), len(gpus)) if gpus else (workers or 1)
     free: collections.deque = collections.deque(gpus[:n] if gpus else [None] * n)
-    threads = None if gpus or n == 1 or "OMP_NUM_THREADS" in os.environ else max(1, _cpu_count() // n)
+    threads = None if n == 1 or "OMP_NUM_THREADS" in os.environ else max(1, _cpu_count() // n)
     queue = collections.deque(runs)
     running: dict[subprocess.Popen, tuple[_Run, str | None, object]] = {}
     try:
@@ -243,7 +246,7 @@ def _launch(run: _Run, store: Store, gpu: str | None, threads: int | None):
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
-    log = tempfile.TemporaryFile()  # the worker's output: kept only to explain a death
+    log = tempfile.TemporaryFile()  # noqa: SIM115 (closed by _tail) the worker's output, to explain a death
     proc = subprocess.Popen([sys.executable, "-m", "arena.worker", "--results", str(store.root)],
                             stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import arena.sweep as sweep
+from arena import sweep
 from arena.config import RunConfig
 from arena.records import Record
 from arena.registry import ConfigError, UnknownNameError
@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[2]
 def tiny(seed: int, **optim) -> RunConfig:
     return RunConfig.create(
         "mqar", "attention", d_model=16, n_layers=1, mlp=False,
-        task_overrides=dict(vocab_size=40, seq_len=16, num_kv_pairs=2, num_train_examples=64, num_test_examples=16),
-        optim={**dict(max_steps=4, batch_size=8, eval_every=4, progress=False), **optim}, seed=seed)
+        task_overrides={"vocab_size": 40, "seq_len": 16, "num_kv_pairs": 2, "num_train_examples": 64,
+                        "num_test_examples": 16},
+        optim={"max_steps": 4, "batch_size": 8, "eval_every": 4, "progress": False, **optim}, seed=seed)
 
 
 def record_files(results: Path) -> list[Path]:
@@ -81,6 +82,23 @@ def test_visible_gpus_follow_cuda_visible_devices(monkeypatch, env, gpus):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", env)
     assert visible_gpus() == gpus
     assert sweep.default_workers() == (len(gpus) or 1)
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+def test_worker_writes_one_record_and_never_a_second_ok_one(tmp_path, no_gpus):
+    from arena import worker
+
+    cfg = tiny(0)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    argv = ["--results", str(tmp_path / "results"), "--config", str(tmp_path / "config.json")]
+    assert worker.main(argv) == 0
+    assert Store(tmp_path / "results").status_of(cfg.run_id) == "ok"
+    # Ray re-runs a task whose process died after writing: the attempt count makes that a no-op
+    assert worker.run_one(cfg.to_dict(), str(tmp_path / "results"), attempts_before=0) == "ok"
+    assert worker.main(argv) == worker.EXIT_NO_RECORD  # a second ok record is refused
+    assert len(record_files(tmp_path / "results")) == 1
 
 
 # --- the local executor ----------------------------------------------------------------------
@@ -205,6 +223,7 @@ def test_a_worker_that_keeps_dying_ends_as_a_failed_record(tmp_path, no_gpus, mo
     assert (summary.ran, summary.failed, summary.worker_restarts) == (1, 1, 2), summary
     [record] = Store(tmp_path).attempts(cfg.run_id)
     assert record.status == "failed" and "killed by SIGKILL" in record.error and "3 times" in record.error
-    assert record.config == cfg.to_dict() and record.mixer == "attention" and record.task == "mqar"
+    assert RunConfig.from_dict(record.config).run_id == cfg.run_id
+    assert (record.mixer, record.task, record.seed) == ("attention", "mqar", 0)
     again = run_sweep([cfg], results=str(tmp_path), progress=False)  # resuming skips it, as any failure
     assert again.skipped_failed == 1
