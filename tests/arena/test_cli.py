@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from arena.cli import main
-from arena.config import RunConfig
+from tests.arena.tiny import tiny
 
 TINY = ["--set", "model.d_model=16", "--set", "model.n_layers=1", "--set", "model.mlp=false",
         "--set", "task.vocab_size=40", "--set", "task.seq_len=16", "--set", "task.num_kv_pairs=2",
@@ -17,11 +17,7 @@ TINY = ["--set", "model.d_model=16", "--set", "model.n_layers=1", "--set", "mode
 
 
 def _tiny_configs(preset="cpu"):
-    return [RunConfig.create("mqar", m, d_model=16, n_layers=1, mlp=False,
-                             task_overrides=dict(vocab_size=40, seq_len=16, num_kv_pairs=2, num_train_examples=64,
-                                                 num_test_examples=16),
-                             optim=dict(max_steps=4, batch_size=8, eval_every=4, progress=False))
-            for m in ("attention", "gated_deltanet")]
+    return [tiny(0, mixer) for mixer in ("attention", "gated_deltanet")]
 
 
 def test_list_shows_mixers_tasks_and_recipes(capsys):

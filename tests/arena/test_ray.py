@@ -21,20 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from arena.config import RunConfig
 from arena.store import Store
 from arena.sweep import run_sweep
+from tests.arena.tiny import tiny
 
 REPO = Path(__file__).resolve().parents[2]
 RAY_TIMEOUT_S = 240
 
 
-def tiny(seed: int, **optim) -> RunConfig:
-    return RunConfig.create(
-        "mqar", "attention", d_model=16, n_layers=1, mlp=False,
-        task_overrides={"vocab_size": 40, "seq_len": 16, "num_kv_pairs": 2, "num_train_examples": 64,
-                        "num_test_examples": 16},
-        optim={"max_steps": 4, "batch_size": 8, "eval_every": 4, "progress": False, **optim}, seed=seed)
 
 
 def _netns_problem() -> str | None:
