@@ -17,6 +17,7 @@ EXAMPLES = {
               "  arena sweep zoology_mqar --preset gpu --executor ray --address auto\n"
               "  arena sweep zoology_mqar --retry-failed --set optim.max_steps=200"),
     "leaderboard": "arena leaderboard\n  arena leaderboard --task mqar --results my_results",
+    "report": "arena report\n  arena report --results my_results --out /tmp/site",
     "demo": "arena demo\n  arena demo --results /tmp/arena_demo",
 }
 
@@ -111,6 +112,14 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from arena.report.site import build_site
+
+    index = build_site(args.results, args.out)
+    print(f"dashboard: {index}   (open it in a browser; it works offline)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from arena.recipes import build_recipe
 
@@ -120,7 +129,8 @@ def cmd_demo(args) -> int:
     _sweep(configs, args)
     cmd_leaderboard(argparse.Namespace(results=args.results, task="mqar"))
     print(f"\nrecords: {args.results}/   (load them with arena.store.load({args.results!r}))")
-    return 0
+    out = args.out or ("dashboards" if args.results == "results" else f"{args.results}/dashboards")
+    return cmd_report(argparse.Namespace(results=args.results, out=out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def results_opt(p):
         p.add_argument("--results", default="results", metavar="DIR", help="the results store (default: results/)")
+
+    def out_opt(p):
+        p.add_argument("--out", default="dashboards", metavar="DIR", help="the dashboard site (default: dashboards/)")
 
     p = add("list", cmd_list, "list the mixers (with configs and implementations here), tasks and recipes")
     p.add_argument("--d-model", type=int, default=64, help="model width for the sizes shown (default 64)")
@@ -167,9 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="only this task")
     results_opt(p)
 
+    p = add("report", cmd_report, "regenerate the static dashboard site (leaderboards, figures, data) from the store")
+    results_opt(p)
+    out_opt(p)
+
     p = add("demo", cmd_demo, "the end-to-end demo: a small MQAR head-to-head of every mixer on this machine")
     p.add_argument("--workers", type=int, default=2, help="concurrent runs (default 2)")
     results_opt(p)
+    p.add_argument("--out", metavar="DIR", help="the dashboard site (default: dashboards/, or DIR/dashboards "
+                   "when --results DIR is given)")
     return parser
 
 

@@ -68,19 +68,77 @@ def _best_over_lrs(task: str, key: dict, group: pd.DataFrame) -> dict:
     }
 
 
+SHOWN = ["mixer", "d_model", "score", "best_lr", "lrs_tried", "params", "state_size", "flops_per_token",
+         "tokens", "wall_time_s"]
+
+
+def _shown(g: pd.DataFrame) -> pd.DataFrame:
+    """One (task, setting) block as display strings, in the order ``SHOWN``."""
+    def num(v, fmt="{:,.0f}"):
+        return "-" if v is None or pd.isna(v) else fmt.format(v)
+
+    return g.assign(
+        score=[f"{s:.3f} ± {d:.3f} (n={n})" for s, d, n in zip(g.score, g["std"], g.n_seeds)],
+        wall_time_s=[num(w, "{:.1f}") for w in g.wall_time_s],
+        best_lr=[f"{lr:.0e}{' (edge of grid)' if edge else ''}" if lr is not None and pd.notna(lr) else "-"
+                 for lr, edge in zip(g.best_lr, g.lr_at_edge)],
+        **{c: [num(v) for v in g[c]] for c in ("d_model", "params", "state_size", "flops_per_token", "tokens")},
+    )[SHOWN]
+
+
+def blocks(board: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame, str]]:
+    """``(task, setting, shown rows, header)`` per leaderboard block, best mixer first. The header
+    names the metric and the tuning grid; it warns when mixers were tuned over different grids."""
+    out = []
+    for (task, setting), g in board.groupby(["task", "setting"], sort=False):
+        sizes = sorted({int(n) for n in g.lrs_tried})
+        grid = (f"best over a grid of {sizes[-1]} learning rates" if len(sizes) == 1 else
+                f"best over grids of {'/'.join(map(str, sizes))} learning rates: NOT the same grid for every mixer")
+        out.append((task, setting, _shown(g), f"{task}  [{setting}]  metric: {g.metric.iloc[0]}, {grid}"))
+    return out
+
+
+EMPTY = "no finished training runs in the store yet: run `arena demo` or `arena sweep RECIPE`"
+
+
 def format_table(board: pd.DataFrame) -> str:
     """A plain-text table for the terminal, one block per task and setting."""
     if board.empty:
-        return "no finished training runs in the store yet: run `arena demo` or `arena sweep RECIPE`"
-    blocks = []
-    for (task, setting), g in board.groupby(["task", "setting"], sort=False):
-        shown = g.assign(
-            score=[f"{s:.3f} ± {d:.3f} (n={n})" for s, d, n in zip(g.score, g["std"], g.n_seeds)],
-            wall_time_s=[f"{w:.1f}" for w in g.wall_time_s],
-            best_lr=[f"{lr:.0e}{' (edge of grid)' if edge else ''}" if lr is not None else "-"
-                     for lr, edge in zip(g.best_lr, g.lr_at_edge)],
-        )[["mixer", "d_model", "score", "best_lr", "lrs_tried", "params", "state_size", "flops_per_token",
-           "wall_time_s"]]
-        header = f"{task}  [{setting}]  metric: {g.metric.iloc[0]}, best over a grid of {g.lrs_tried.max()} learning rates"
-        blocks.append(header + "\n" + shown.to_string(index=False))
-    return "\n\n".join(blocks)
+        return EMPTY
+    return "\n\n".join(header + "\n" + shown.to_string(index=False) for _, _, shown, header in blocks(board))
+
+
+def format_markdown(board: pd.DataFrame) -> str:
+    """GitHub-flavoured Markdown: one ``###`` section and pipe table per task and setting."""
+    if board.empty:
+        return EMPTY + "\n"
+    parts = []
+    for _, _, shown, header in blocks(board):
+        rows = [list(shown.columns), ["---"] * len(shown.columns)] + shown.astype(str).values.tolist()
+        table = "\n".join("| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows)
+        parts.append(f"### {header}\n\n{table}\n")
+    return "\n".join(parts)
+
+
+def format_html(board: pd.DataFrame, task_links: dict[str, str] | None = None) -> str:
+    """HTML fragment: one ``<section class="board">`` with a ``<table class="leaderboard">`` per task
+    and setting; the task name links to ``task_links[task]`` when given. Edge-of-grid rows are
+    marked with class ``edge``."""
+    from html import escape
+
+    if board.empty:
+        return f"<p class=\"empty\">{escape(EMPTY)}</p>"
+    parts = []
+    for task, setting, shown, header in blocks(board):
+        title = escape(header)
+        if task_links and task in task_links:
+            title = title.replace(escape(task), f'<a href="{escape(task_links[task])}">{escape(task)}</a>', 1)
+        head = "".join(f"<th>{escape(c)}</th>" for c in shown.columns)
+        body = "".join(
+            f'<tr class="{"edge" if "edge of grid" in r.best_lr else ""}" data-mixer="{escape(r.mixer)}">'
+            + "".join(f"<td>{escape(str(v))}</td>" for v in r) + "</tr>"
+            for r in shown.itertuples(index=False))
+        parts.append(f'<section class="board" data-task="{escape(task)}" data-setting="{escape(setting)}">'
+                     f"<h3>{title}</h3><table class=\"leaderboard\"><thead><tr>{head}</tr></thead>"
+                     f"<tbody>{body}</tbody></table></section>")
+    return "\n".join(parts)

@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from arena.records import parse_metric_key
+from arena.report.grids import niah_grid  # noqa: F401  (re-exported: the heatmap rows of a run)
 from tasks.recall import sample_distinct, test_seed, train_seed
 from tasks.task import IGNORE, TASKS, Split, Task, TaskConfig, TaskData
 
@@ -241,18 +241,6 @@ def niah(vocab_size: int, seq_len: int, depth: float | None, num_examples: int, 
 def depth_key(length: int, depth: float) -> str:
     """The evals suffix of one grid cell: ``len=2048,depth=0.25``."""
     return f"len={length},depth={float(depth)!r}"
-
-
-def niah_grid(metrics: dict[str, float], metric: str = "exact_match") -> list[dict]:
-    """The flat ``{metric}@len=L,depth=D`` entries of ``metrics`` as heatmap rows
-    ``{"length": L, "depth": D, metric: value}``, sorted by length then depth; other keys are
-    skipped. ``[{"length": 256, "depth": 0.0, "exact_match": 1.0}, ...]``"""
-    rows = []
-    for key, value in metrics.items():
-        name, settings = parse_metric_key(key)
-        if name == metric and settings.keys() == {"len", "depth"}:
-            rows.append({"length": int(settings["len"]), "depth": float(settings["depth"]), metric: value})
-    return sorted(rows, key=lambda r: (r["length"], r["depth"]))
 
 
 def grid_summary(metrics: dict[str, float]) -> dict[str, float]:
