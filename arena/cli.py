@@ -19,6 +19,11 @@ EXAMPLES = {
     "leaderboard": "arena leaderboard\n  arena leaderboard --task mqar --results my_results",
     "report": "arena report\n  arena report --results my_results --out /tmp/site",
     "demo": "arena demo\n  arena demo --results /tmp/arena_demo",
+    "bench": ("arena bench --preset cpu\n"
+              "  arena bench --mixers attention,mamba2 --impl reference --lengths 512,1k,4k --pass fwd,decode \\\n"
+              "      --batch-policy tokens --tokens 32k --dtype fp32 --d-model 256 --results my_results\n"
+              "  arena bench --preset gpu --results results_gpu --write-baseline gpu_baseline.json\n"
+              "  arena bench --compare gpu_baseline.json --threshold 10% --results results_gpu"),
 }
 
 
@@ -133,6 +138,58 @@ def cmd_demo(args) -> int:
     return cmd_report(argparse.Namespace(results=args.results, out=out))
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from arena import bench
+    from arena.bench_baselines import compare, current_rows, parse_threshold, write_baseline
+    from arena.store import Store
+
+    sweeping = args.preset or args.mixers
+    if not sweeping and not args.compare:
+        raise UsageError("give --preset cpu|gpu, --mixers NAME,... or --compare BASELINE.json")
+    preset = dict(bench.PRESETS[args.preset or ("gpu" if torch.cuda.is_available() else "cpu")])
+    def split(text):
+        return tuple(filter(None, text.split(",")))
+    given = {"mixers": args.mixers and split(args.mixers), "impls": args.impl and split(args.impl),
+             "lengths": args.lengths and tuple(bench.parse_size(t) for t in split(args.lengths)),
+             "passes": args.passes and split(args.passes), "batch_policy": args.batch_policy,
+             "tokens": args.tokens and bench.parse_size(args.tokens), "batch_size": args.batch_size,
+             "dtype": args.dtype, "d_model": args.d_model, "warmup": args.warmup, "reps": args.reps}
+    opts = {**preset, **{k: v for k, v in given.items() if v is not None}}
+    if args.batch_size is not None and args.batch_policy is None:
+        opts["batch_policy"] = "fixed"
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if sweeping:
+        try:
+            rows = bench.plan(opts["mixers"], opts["impls"], opts["lengths"], opts["passes"],
+                              batch_policy=opts["batch_policy"], tokens=opts["tokens"],
+                              batch_size=opts["batch_size"], dtype=opts["dtype"], d_model=opts["d_model"],
+                              device=device, mixer_overrides=opts["mixer_overrides"])
+        except ValueError as e:
+            raise UsageError(str(e)) from e
+        print(f"arena bench: {len(rows)} rows on {device} ({opts['dtype']}, d_model {opts['d_model']}, "
+              f"{torch.get_num_threads()} threads) -> {args.results}/")
+        records = bench.sweep(rows, Store(args.results), warmup=opts["warmup"], reps=opts["reps"],
+                              roofline_path=args.roofline_cache)
+        print(f"{sum(r.status == 'ok' for r in records)} ok, {sum(r.status != 'ok' for r in records)} not ok")
+    if args.write_baseline:
+        path = write_baseline(args.results, args.write_baseline, str(device), opts["dtype"])
+        print(f"baseline written to {path}")
+    if args.compare:
+        import json
+        from pathlib import Path
+
+        try:
+            code, report = compare(json.loads(Path(args.compare).read_text()), current_rows(args.results),
+                                   parse_threshold(args.threshold))
+        except (OSError, ValueError, KeyError) as e:
+            raise UsageError(f"--compare {args.compare}: {e}") from e
+        print(report)
+        return code
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     all_examples = "examples:\n  " + "\n  ".join(EXAMPLES.values())
@@ -189,6 +246,29 @@ def build_parser() -> argparse.ArgumentParser:
     results_opt(p)
     p.add_argument("--out", metavar="DIR", help="the dashboard site (default: dashboards/, or DIR/dashboards "
                    "when --results DIR is given)")
+
+    p = add("bench", cmd_bench, "throughput, memory and roofline fraction of each mixer against length "
+            "(records of kind bench)")
+    p.add_argument("--preset", choices=["cpu", "gpu"], help="a standard sweep (flags below override its values)")
+    p.add_argument("--mixers", help="comma-separated mixers")
+    p.add_argument("--impl", help="comma-separated: reference, triton, auto, or a contender "
+                   "(fla, mamba_ssm, mlstm_kernels, flash_attn)")
+    p.add_argument("--lengths", help="comma-separated sequence lengths, e.g. 512,1k,4k")
+    p.add_argument("--pass", dest="passes", help="comma-separated: fwd, fwdbwd, prefill, decode")
+    p.add_argument("--batch-policy", choices=["tokens", "fixed"], help="tokens: B = --tokens // T; fixed: B = --batch-size")
+    p.add_argument("--tokens", help="B*T under --batch-policy tokens, e.g. 32k")
+    p.add_argument("--batch-size", type=int, help="B under --batch-policy fixed (implies it)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--d-model", type=int)
+    p.add_argument("--warmup", type=int, help="untimed calls after the first (timed apart) call")
+    p.add_argument("--reps", type=int, help="timed calls (median and IQR)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--roofline-cache", metavar="FILE", help="the roofline cache "
+                   "(default $ARENA_ROOFLINE_CACHE or ~/.cache/arena/roofline-<device>.json)")
+    p.add_argument("--compare", metavar="BASELINE.json", help="exit 2 when a row of the store is slower than the baseline")
+    p.add_argument("--threshold", default="10%", help="slowdown tolerated by --compare (default 10%%)")
+    p.add_argument("--write-baseline", metavar="FILE", help="write the store's ok rows as a baseline file")
+    results_opt(p)
     return parser
 
 

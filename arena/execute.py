@@ -37,13 +37,15 @@ def execute(cfg: RunConfig, store: Store | None = None) -> Record:
     the run becomes a ``failed`` record with the traceback, never an exception."""
     started, t0 = utc_now(), time.perf_counter()
     device = resolve_device(cfg.device)
-    model, result, error = None, None, ""
+    task, model, result, error = None, None, None, ""
     try:
         task, model = build_run(cfg)
         result = train(model, task, cfg.optim, seed=cfg.seed, device=cfg.device)
     except Exception:  # the record carries the error; the sweep goes on
         error = traceback.format_exc(limit=20)
     record = _record(cfg, model, result, error, device, started, time.perf_counter() - t0)
+    if task is not None:
+        record.extra.update(task.record_extra())
     if store is not None:
         store.write(record)
     return record
@@ -60,6 +62,7 @@ def _record(cfg: RunConfig, model, result: RunResult | None, error: str, device,
         extra = {"params": model.num_params(), "params_no_embedding": model.num_params(exclude_embedding=True),
                  "state_size": model.state_size(T), "flops_per_token": model.flops(T) // max(T, 1)}
     extra["primary_metric"] = TASKS[cfg.task].primary_metric
+    extra["higher_is_better"] = TASKS[cfg.task].higher_is_better
     if result is not None:
         extra.update(steps=result.steps, tokens=result.tokens, best_metrics=result.best_metrics)
     return Record(

@@ -43,17 +43,21 @@ def leaderboard(df: pd.DataFrame, task: str | None = None) -> pd.DataFrame:
         cols = setting_columns(tdf)
         tdf = tdf.assign(setting=tdf.apply(_setting_label, axis=1, cols=cols),
                          score=tdf.apply(lambda r: r.get(r.get("primary_metric", "accuracy")), axis=1))
+        higher = bool(tdf["higher_is_better"].iloc[0]) if "higher_is_better" in tdf else True
         keys = ["setting", "mixer"] + [k for k in SIZE_KEYS if k in tdf]
         for key, group in tdf.groupby(keys, dropna=False):
-            rows.append(_best_over_lrs(task_name, dict(zip(keys, key)), group))
-    out = pd.DataFrame(rows, columns=COLUMNS)
-    return out.sort_values(["task", "setting", "d_model", "score"], ascending=[True, True, True, False],
-                           ignore_index=True)
+            rows.append(_best_over_lrs(task_name, dict(zip(keys, key)), group, higher))
+    out = pd.DataFrame(rows, columns=COLUMNS + ["_rank"])
+    out = out.sort_values(["task", "setting", "d_model", "_rank"], ascending=[True, True, True, False],
+                          ignore_index=True)
+    return out.drop(columns="_rank")
 
 
-def _best_over_lrs(task: str, key: dict, group: pd.DataFrame) -> dict:
+def _best_over_lrs(task: str, key: dict, group: pd.DataFrame, higher: bool = True) -> dict:
+    """``higher``: the primary metric improves upwards (accuracy); False for losses, bits per byte."""
     per_lr = group.groupby(LR)["score"].agg(["mean", "std", "count"]) if LR in group else None
-    best_lr = per_lr["mean"].idxmax() if per_lr is not None and per_lr["mean"].notna().any() else None
+    has_scores = per_lr is not None and per_lr["mean"].notna().any()
+    best_lr = (per_lr["mean"].idxmax() if higher else per_lr["mean"].idxmin()) if has_scores else None
     best = group[group[LR] == best_lr] if best_lr is not None else group
     lrs = sorted(per_lr.index) if per_lr is not None else []
     first = best.iloc[0]
@@ -65,6 +69,7 @@ def _best_over_lrs(task: str, key: dict, group: pd.DataFrame) -> dict:
         "lrs_tried": len(lrs), "lr_at_edge": len(lrs) > 1 and best_lr in (lrs[0], lrs[-1]),
         **{c: first.get(c) for c in ("params", "state_size", "flops_per_token", "tokens")},
         "wall_time_s": best["wall_time_s"].mean() if "wall_time_s" in best else None,
+        "_rank": best["score"].mean() * (1 if higher else -1),
     }
 
 

@@ -33,7 +33,7 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations (and at the last step)
     log_every: int = 10  # steps between loss records (and the divergence check)
     eval_batch_size: int = 256
-    early_stop: float | None = None  # stop once the task's primary metric reaches this
+    early_stop: float | None = None  # stop once the primary metric reaches this (<= it if lower is better)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     progress: bool = True
 
@@ -201,12 +201,13 @@ class _Run:
             self.metrics = self.task.evaluate(model, data.evals, self.cfg.eval_batch_size, device)
         self.curve.append({"step": step + 1, **self.metrics})
         key = self.task.primary_metric
-        if key in self.metrics and self.metrics[key] >= self.best.get(key, -math.inf):
+        sign = 1.0 if self.task.higher_is_better else -1.0  # compare sign * metric: higher is better
+        if key in self.metrics and sign * self.metrics[key] >= sign * self.best.get(key, -sign * math.inf):
             self.best = dict(self.metrics)
         if self.bar is not None and key in self.metrics:
             self.bar.set_postfix_str(f"{key}={self.metrics[key]:.3f}")
         target = self.cfg.early_stop
-        return target is not None and self.metrics.get(key, -math.inf) >= target
+        return target is not None and key in self.metrics and sign * self.metrics[key] >= sign * target
 
     def close(self) -> None:
         if self.bar is not None:

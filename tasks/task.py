@@ -67,6 +67,7 @@ class Task(ABC):
 
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     primary_metric: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True  # of the primary metric (False for losses, bits per byte)
     registry_name: ClassVar[str] = "?"
 
     def __init__(self, cfg: TaskConfig):
@@ -102,6 +103,10 @@ class Task(ABC):
             metrics[f"accuracy{at}"] = torch.cat(accs).mean().item()
             metrics[f"exact_match{at}"] = torch.cat(exact).mean().item()
         return metrics
+
+    def record_extra(self) -> dict:
+        """Facts about the data that a run's record should carry (e.g. a corpus hash)."""
+        return {}
 
     def run(self, model, train, seed: int = 0, device: str = "auto"):
         """Train ``model`` with ``train`` (a ``tasks.runner.TrainConfig``) and evaluate it."""

@@ -27,7 +27,7 @@ RC = {
     "figure.dpi": 100,
     "path.simplify": True,
 }
-PASS_ORDER = ("forward", "forward+backward", "decode")
+PASS_ORDER = ("fwd", "fwdbwd", "prefill", "decode")  # the pass names arena bench writes
 
 
 def palette(mixers) -> dict[str, tuple]:

@@ -160,7 +160,7 @@ def quality_vs_throughput(df: pd.DataFrame, task: str) -> pd.DataFrame:
     board, bench = leaderboard(df, task), bench_table(df).dropna(subset=["tokens_per_s"])
     if board.empty or bench.empty:
         return pd.DataFrame(columns=cols)
-    pass_ = "forward" if "forward" in set(bench["pass"]) else sorted(bench["pass"])[0]
+    pass_ = "fwd" if "fwd" in set(bench["pass"]) else sorted(bench["pass"])[0]
     bench = bench[bench["pass"] == pass_]
     mixers = sorted(set(board["mixer"]) & set(bench["mixer"]))
     lengths = [set(bench[bench["mixer"] == m]["seq_len"]) for m in mixers]

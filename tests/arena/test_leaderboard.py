@@ -36,3 +36,14 @@ def test_settings_are_separate_boards_and_empty_store_says_what_to_do():
     board = leaderboard(pd.DataFrame([_row("attention", 1e-3, 0, 0.5, 64), _row("attention", 1e-3, 0, 0.9, 128)]))
     assert sorted(board.setting) == ["seq_len=128", "seq_len=64"]
     assert "arena demo" in format_table(leaderboard(pd.DataFrame()))
+
+
+def test_lower_is_better_metrics_rank_upwards():
+    rows = []
+    for mixer, lr, bpb in [("attention", 1e-3, 2.0), ("attention", 3e-3, 1.5), ("mamba", 1e-3, 1.2), ("mamba", 3e-3, 1.4)]:
+        r = _row(mixer, lr, 0, None)
+        r.update(task="lm", accuracy=None, bits_per_byte=bpb, primary_metric="bits_per_byte", higher_is_better=False)
+        rows.append(r)
+    board = leaderboard(pd.DataFrame(rows))
+    assert list(board.mixer) == ["mamba", "attention"]  # lowest bits per byte first
+    assert list(board.best_lr) == [1e-3, 3e-3] and list(board.score) == [1.2, 1.5]

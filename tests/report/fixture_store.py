@@ -67,10 +67,10 @@ def bench_records() -> list[Record]:
     out = []
     cost = {"attention": lambda L: 1.2e-6 * L * L, "gated_deltanet": lambda L: 1.1e-3 * L,
             "mamba": lambda L: 1.6e-3 * L}
-    for pass_ in ("forward", "forward+backward", "decode"):
+    for pass_ in ("fwd", "fwdbwd", "decode"):
         for mixer, f in cost.items():
             for L in (256, 512, 1024, 2048, 4096):
-                t = f(L) * (3 if pass_ == "forward+backward" else 1)
+                t = f(L) * (3 if pass_ == "fwdbwd" else 1)
                 out.append(Record(run_id=f"bench-{mixer}-{pass_.replace('+', '_')}-{L}", kind="bench", status="ok",
                                   task="bench", mixer=mixer, impl="reference", device="cpu", seed=0,
                                   config={"seq_len": L, "pass": pass_, "batch_size": 1},
@@ -78,7 +78,7 @@ def bench_records() -> list[Record]:
                                   git_commit="0123456789abcdef", started_at="2025-01-01T00:00:00+00:00"))
     out.append(Record(run_id="bench-attention-forward-65536", kind="bench", status="oom", task="bench",
                       mixer="attention", impl="reference", device="cpu", seed=0,
-                      config={"seq_len": 65536, "pass": "forward", "batch_size": 1}, error="CUDA out of memory"))
+                      config={"seq_len": 65536, "pass": "fwd", "batch_size": 1}, error="CUDA out of memory"))
     return out
 
 

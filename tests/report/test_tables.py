@@ -64,10 +64,10 @@ def test_niah_and_length_grids(df):
 
 def test_bench_crossover_pareto_and_failures(df):
     bench = tables.bench_table(df)
-    assert set(bench["pass"]) == {"forward", "forward+backward", "decode"} and len(bench) == 46
+    assert set(bench["pass"]) == {"fwd", "fwdbwd", "decode"} and len(bench) == 46
     assert math.isnan(bench[bench.status == "oom"].tokens_per_s.iloc[0])
     cross = tables.crossovers(bench).set_index(["pass", "mixer"]).crossover_len
-    assert cross["forward", "gated_deltanet"] == 1024 and cross["forward", "mamba"] == 2048
+    assert cross["fwd", "gated_deltanet"] == 1024 and cross["fwd", "mamba"] == 2048
     qt = tables.quality_vs_throughput(df, "mqar").set_index("mixer")
     assert qt.seq_len.iloc[0] == 4096  # the longest length every mixer measured
     assert qt.pareto.to_dict() == {"mamba": False, "gated_deltanet": True, "attention": True}  # mamba: dominated
