@@ -49,6 +49,7 @@ from architectures.mixer import ImplUnavailableError
 from arena.bench_timing import device_name, peak_memory, roofline, timer_for
 from arena.records import Record, environment_info, utc_now
 from arena.store import Store
+from tasks.runner import is_oom
 
 PASSES = ("fwd", "fwdbwd", "prefill", "decode")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -221,10 +222,6 @@ def _workload(mixer, row: BenchRow, device):
     return decode, {"state_bytes": state_bytes, "state_elem": max(t.element_size() for t in state.values())}
 
 
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-
-
 def measure(row: BenchRow, *, warmup: int = 2, reps: int = 5, peaks: dict | None = None) -> Record:
     """Measure one row; an OOM or any exception becomes a record with that status."""
     started, t0 = utc_now(), time.perf_counter()
@@ -242,7 +239,7 @@ def measure(row: BenchRow, *, warmup: int = 2, reps: int = 5, peaks: dict | None
         metrics, extra = _metrics(mixer, row, timing, wl, peaks)
         extra["peak_mem_method"] = mem_method
     except Exception as err:  # noqa: BLE001 -- every failure is a row; the sweep goes on
-        status = "oom" if _is_oom(err) else "failed"
+        status = "oom" if is_oom(err) else "failed"
         error = traceback.format_exc(limit=8)
         if isinstance(err, ImplUnavailableError):
             error = str(err)

@@ -7,6 +7,7 @@ import traceback
 
 import torch
 
+from arena.bench_timing import device_name
 from arena.config import RunConfig
 from arena.records import Record, environment_info, utc_now
 from arena.store import Store
@@ -26,10 +27,6 @@ def build_run(cfg: RunConfig):
     model = build_model(task.vocab_size, cfg.model.d_model, cfg.model.n_layers, mlp=cfg.model.mlp,
                         impl=cfg.model.impl, **spec, **overrides)
     return task, model
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def execute(cfg: RunConfig, store: Store | None = None) -> Record:
