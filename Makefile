@@ -20,3 +20,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Wall-clock benches of the CPU paths, compared with the last saved run: reported, not gated
+# (see benchmarks/test_cpu_paths.py for gating on a dedicated runner).
+BENCH_STORAGE := results/baselines/pytest-benchmark
+BENCH_FLAGS ?= --benchmark-compare
+.PHONY: bench-cpu bench-cpu-save
+bench-cpu: install
+	$(BIN)/python -m pytest -q benchmarks --benchmark-storage=$(BENCH_STORAGE) $(BENCH_FLAGS)
+
+bench-cpu-save: install
+	$(BIN)/python -m pytest -q benchmarks --benchmark-storage=$(BENCH_STORAGE) --benchmark-autosave

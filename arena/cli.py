@@ -24,6 +24,10 @@ EXAMPLES = {
               "      --batch-policy tokens --tokens 32k --dtype fp32 --d-model 256 --results my_results\n"
               "  arena bench --preset gpu --results results_gpu --write-baseline gpu_baseline.json\n"
               "  arena bench --compare gpu_baseline.json --threshold 10% --results results_gpu"),
+    "eval": ("arena eval results/checkpoints/RUN_ID.safetensors\n"
+             "  arena eval run.safetensors --tasks arena_mc,arena_ppl,arena_niah --limit 8 --batch-size 4\n"
+             "  arena eval run.safetensors --tasks my_task --include-path my_tasks/\n"
+             "  arena eval run.safetensors --tasks hellaswag --online   # lm-eval's standard tasks, from the hub"),
 }
 
 
@@ -190,6 +194,76 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        raise UsageError(f"checkpoint {args.checkpoint}: no such file")
+    tasks = [t for t in args.tasks.split(",") if t]
+    if not tasks:
+        raise UsageError("--tasks: give one or more comma-separated lm-eval task names")
+    for d in args.include_path or []:
+        if not Path(d).is_dir():
+            raise UsageError(f"--include-path {d}: no such directory")
+    try:
+        from arena import lm_eval_adapter as lea
+    except ImportError as err:
+        raise UsageError(f"arena eval needs lm-eval: pip install 'arena[eval]' ({err})") from err
+    lea.set_offline(not args.online)
+    import lm_eval
+
+    from arena.config import RunConfig
+    from arena.records import Record, environment_info, utc_now
+    from arena.store import Store
+    from arena.bench_timing import device_name
+
+    manager = lea.task_manager(args.include_path or [])
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise UsageError(f"--tasks: unknown task {unknown[0]!r}; local tasks: {', '.join(lea.LOCAL_TASKS)} "
+                         f"(lm-eval's own: `lm_eval ls tasks`)")
+    limit = None if args.limit is None else (int(args.limit) if args.limit.is_integer() else args.limit)
+    started, t0 = utc_now(), time.perf_counter()
+    try:
+        lm = lea.ArenaLM(pretrained=str(ckpt), batch_size=args.batch_size, device=args.device,
+                         max_length=args.max_length)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"checkpoint {args.checkpoint}: {err}") from err
+    print(f"eval {ckpt}: {', '.join(tasks)} (max_length {lm.max_length}, batch {lm.batch_size}, "
+          f"device {lm._device}{', limit ' + str(limit) if limit is not None else ''})")
+    results = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager,
+                                      bootstrap_iters=args.bootstrap_iters, log_samples=False)
+    wall = time.perf_counter() - t0
+    from lm_eval.utils import make_table
+
+    print(make_table(results))
+    cfg = RunConfig.from_dict(lm.config)
+    key = json.dumps({"checkpoint": lea.file_sha256(ckpt), "tasks": tasks, "limit": limit,
+                      "max_length": lm.max_length}, sort_keys=True)
+    import hashlib
+
+    env = environment_info()
+    impls = lm.model.impls()
+    record = Record(
+        run_id=f"eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}-s{cfg.seed}", kind="eval", status="ok",
+        task="lm_eval", mixer=cfg.mixer_label,
+        impl=",".join(f"{n}:{i}" for n, i in impls.items()) if len(impls) > 1 else next(iter(impls.values()), ""),
+        device=device_name(lm._device), seed=cfg.seed, config=lm.config, metrics=lea.flatten_results(results),
+        git_commit=env["git_commit"], git_dirty=env["git_dirty"], versions={**env["versions"],
+        "lm_eval": getattr(lm_eval, "__version__", "")}, started_at=started, wall_time_s=wall,
+        extra={"checkpoint": str(ckpt.resolve()), "checkpoint_run_id": cfg.run_id, "lm_eval_tasks": tasks,
+               "limit": limit, "max_length": lm.max_length, "batch_size": lm.batch_size,
+               "tokenizer": lm.tokenizer_name, "n_samples": {t: v.get("effective", v.get("original"))
+                                                             for t, v in results.get("n-samples", {}).items()}},
+    )
+    Store(args.results).write(record)
+    print(f"record {record.run_id} written to {args.results}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     all_examples = "examples:\n  " + "\n  ".join(EXAMPLES.values())
@@ -268,6 +342,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="BASELINE.json", help="exit 2 when a row of the store is slower than the baseline")
     p.add_argument("--threshold", default="10%", help="slowdown tolerated by --compare (default 10%%)")
     p.add_argument("--write-baseline", metavar="FILE", help="write the store's ok rows as a baseline file")
+    results_opt(p)
+
+    p = add("eval", cmd_eval, "run lm-eval tasks on a checkpoint (offline local tasks by default); "
+            "writes a record of kind eval")
+    p.add_argument("checkpoint", help="a checkpoint file (arena run --save-checkpoint writes one)")
+    p.add_argument("--tasks", default="arena_mc,arena_ppl,arena_niah",
+                   help="comma-separated lm-eval tasks (default: the local arena_mc,arena_ppl,arena_niah)")
+    p.add_argument("--limit", type=float, help="documents per task (a fraction when < 1)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward (default 8)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-length", type=int, help="context window for loglikelihood and rolling perplexity "
+                   "(default: the checkpoint's task.seq_len)")
+    p.add_argument("--include-path", action="append", metavar="DIR", help="another folder of lm-eval task YAMLs")
+    p.add_argument("--bootstrap-iters", type=int, default=0, help="lm-eval bootstrap for stderrs (default 0: off)")
+    p.add_argument("--online", action="store_true", help="let lm-eval reach the Hugging Face hub (standard "
+                   "tasks); by default HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1")
     results_opt(p)
     return parser
 
