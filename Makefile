@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)" -e ".[test,triton,ray,report,lm]"
+	$(BIN)/pip install --quiet "$(TORCH)" -e ".[test,triton,ray,report,lm,eval]"
 	touch $@
 
 .PHONY: install demo test

@@ -12,7 +12,8 @@ EXAMPLES = {
     "run": ("arena run --task mqar --mixer mamba2\n"
             "  arena run --task mqar --mixer attention --set model.d_model=64 --set model.mlp=false \\\n"
             "      --set task.seq_len=128 --set task.num_kv_pairs=8 --set optim.lr=3e-3\n"
-            "  arena run --task niah --pattern gated_deltanet,gated_deltanet,attention --set mixer.attention.num_heads=2"),
+            "  arena run --task niah --pattern gated_deltanet,gated_deltanet,attention --set mixer.attention.num_heads=2\n"
+            "  arena run --task lm --mixer gated_deltanet --save-checkpoint   # then: arena eval CHECKPOINT"),
     "sweep": ("arena sweep demo\n  arena sweep zoology_mqar --preset cpu --workers 2\n"
               "  arena sweep zoology_mqar --preset gpu --executor ray --address auto\n"
               "  arena sweep zoology_mqar --retry-failed --set optim.max_steps=200"),
@@ -38,8 +39,8 @@ class UsageError(Exception):
 def cmd_list(args) -> int:
     import dataclasses
 
-    from arena.recipes import RECIPES
     from architectures import MIXERS, build_mixer
+    from arena.recipes import RECIPES
     from tasks import TASKS
 
     print(f"mixers (d_model={args.d_model}; state = scalars per sequence, GFLOPs = forward per sequence "
@@ -79,16 +80,22 @@ def cmd_run(args) -> int:
     cfg = _run_config(args)
     store = Store(args.results)
     if store.status_of(cfg.run_id) == "ok":
-        print(f"run {cfg.run_id} is already in {args.results} with status ok; nothing to do")
+        print(f"run {cfg.run_id} is already in {args.results} with status ok; nothing to do"
+              + (" (no new checkpoint: use another --results to train it again)" if args.save_checkpoint is not None else ""))
         return 0
     print(f"run {cfg.run_id}: {cfg.task} with {cfg.mixer_label} (d_model {cfg.model.d_model}, "
           f"{cfg.model.n_layers} layers), seed {cfg.seed}")
-    record = execute(cfg, store)
+    ckpt_dir = None
+    if args.save_checkpoint is not None:
+        ckpt_dir = args.save_checkpoint or f"{args.results}/checkpoints"
+    record = execute(cfg, store, checkpoint_dir=ckpt_dir)
     print(f"status {record.status} in {record.wall_time_s:.1f}s on {record.device} (impl {record.impl})")
     for key, value in record.metrics.items():
         print(f"  {key:32s} {value:.4f}")
     if record.error:
         print(record.error.strip().splitlines()[-1], file=sys.stderr)
+    if "checkpoint" in record.extra:
+        print(f"checkpoint {record.extra['checkpoint']}   (arena eval {record.extra['checkpoint']})")
     print(f"record written to {args.results}/")
     return 0 if record.status == "ok" else 1
 
@@ -208,30 +215,33 @@ def cmd_eval(args) -> int:
     for d in args.include_path or []:
         if not Path(d).is_dir():
             raise UsageError(f"--include-path {d}: no such directory")
+    if not args.online:  # before lm_eval, datasets and huggingface_hub read them at import
+        import os
+
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
     try:
         from arena import lm_eval_adapter as lea
     except ImportError as err:
         raise UsageError(f"arena eval needs lm-eval: pip install 'arena[eval]' ({err})") from err
-    lea.set_offline(not args.online)
     import lm_eval
 
+    from arena.bench_timing import device_name
     from arena.config import RunConfig
     from arena.records import Record, environment_info, utc_now
     from arena.store import Store
-    from arena.bench_timing import device_name
 
-    manager = lea.task_manager(args.include_path or [])
+    try:
+        lm = lea.ArenaLM(pretrained=str(ckpt), batch_size=args.batch_size, device=args.device,
+                         max_length=args.max_length)
+    except (ValueError, FileNotFoundError) as err:
+        raise UsageError(f"checkpoint {args.checkpoint}: {err}") from err
+    manager = lea.task_manager(args.include_path or [], tasks)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise UsageError(f"--tasks: unknown task {unknown[0]!r}; local tasks: {', '.join(lea.LOCAL_TASKS)} "
                          f"(lm-eval's own: `lm_eval ls tasks`)")
     limit = None if args.limit is None else (int(args.limit) if args.limit.is_integer() else args.limit)
     started, t0 = utc_now(), time.perf_counter()
-    try:
-        lm = lea.ArenaLM(pretrained=str(ckpt), batch_size=args.batch_size, device=args.device,
-                         max_length=args.max_length)
-    except (ValueError, FileNotFoundError) as err:
-        raise UsageError(f"checkpoint {args.checkpoint}: {err}") from err
     print(f"eval {ckpt}: {', '.join(tasks)} (max_length {lm.max_length}, batch {lm.batch_size}, "
           f"device {lm._device}{', limit ' + str(limit) if limit is not None else ''})")
     results = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, task_manager=manager,
@@ -295,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key: model.*, mixer.*, task.*, optim.*, seed, device (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--save-checkpoint", nargs="?", const="", metavar="DIR", help="save the trained model "
+                   "(config + weights, safetensors) as DIR/<run_id>.safetensors (default DIR: <results>/checkpoints)")
     results_opt(p)
 
     p = add("sweep", cmd_sweep, "run a recipe's grid of configurations; resumable (finished runs are skipped)")

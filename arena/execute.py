@@ -7,11 +7,11 @@ import traceback
 
 import torch
 
+from architectures import build_model
 from arena.bench_timing import device_name
 from arena.config import RunConfig
 from arena.records import Record, environment_info, utc_now
 from arena.store import Store
-from architectures import build_model
 from tasks import TASKS, RunResult, train
 from tasks.runner import resolve_device
 
@@ -29,9 +29,12 @@ def build_run(cfg: RunConfig):
     return task, model
 
 
-def execute(cfg: RunConfig, store: Store | None = None) -> Record:
+def execute(cfg: RunConfig, store: Store | None = None, checkpoint_dir=None) -> Record:
     """Build, train and evaluate ``cfg``; write the record to ``store`` when given. A crash of
-    the run becomes a ``failed`` record with the traceback, never an exception."""
+    the run becomes a ``failed`` record with the traceback, never an exception. With
+    ``checkpoint_dir`` the trained model is saved there as ``<run_id>.safetensors`` (config +
+    weights, ``arena.checkpoint``) and the path goes to ``record.extra["checkpoint"]``; the
+    run id does not depend on it."""
     started, t0 = utc_now(), time.perf_counter()
     device = resolve_device(cfg.device)
     task, model, result, error = None, None, None, ""
@@ -43,6 +46,16 @@ def execute(cfg: RunConfig, store: Store | None = None) -> Record:
     record = _record(cfg, model, result, error, device, started, time.perf_counter() - t0)
     if task is not None:
         record.extra.update(task.record_extra())
+    if checkpoint_dir is not None and model is not None and result is not None:
+        try:
+            from pathlib import Path
+
+            from arena.checkpoint import save_checkpoint
+
+            path = save_checkpoint(Path(checkpoint_dir) / f"{cfg.run_id}.safetensors", model, cfg.to_dict())
+            record.extra["checkpoint"] = str(path)
+        except Exception:  # a checkpoint that was asked for and not written fails the run
+            record.status, record.error = "failed", traceback.format_exc(limit=20)
     if store is not None:
         store.write(record)
     return record

@@ -261,10 +261,16 @@ def set_offline(offline: bool = True) -> None:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
-def task_manager(include_paths=()):
+def task_manager(include_paths=(), tasks=()):
+    """lm-eval's TaskManager with arena's local tasks (and ``include_paths``). lm-eval's own
+    thousands of task YAMLs are indexed (about 10 s) only when ``tasks`` needs one of them."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(TASKS_DIR), *map(str, include_paths)])
+    paths = [str(TASKS_DIR), *map(str, include_paths)]
+    local = TaskManager(include_path=paths, include_defaults=False)
+    if tasks and all(t in local.all_tasks for t in tasks):
+        return local
+    return TaskManager(include_path=paths)
 
 
 def flatten_results(results: dict) -> dict[str, float]:

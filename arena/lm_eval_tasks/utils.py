@@ -53,5 +53,4 @@ def make_niah(n: int = 12, seed: int = 0, filler_repeats=(2, 4, 8)) -> list[dict
 
 if __name__ == "__main__":  # regenerate arena_niah.jsonl (deterministic)
     with open(HERE / "arena_niah.jsonl", "w", encoding="utf-8") as f:
-        for row in make_niah():
-            f.write(json.dumps(row) + "\n")
+        f.writelines(json.dumps(row) + "\n" for row in make_niah())
