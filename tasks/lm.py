@@ -11,8 +11,9 @@ Data, all pure functions of (config, seed):
   never by token window; it does not depend on the run seed, so seeds share one validation set.
 - train = ``num_train_windows`` windows of ``seq_len + 1`` tokens at seeded random offsets of
   the training documents' concatenated token stream. The runner draws batches from these, so a
-  run sees ``max_steps * batch_size * seq_len`` training tokens; equal compute across mixers
-  is the recipe's job (match max_steps * batch_size * seq_len, or FLOPs via ``model.flops``).
+  run sees ``max_steps * batch_size * seq_len`` training tokens. For equal compute across mixers
+  set a budget instead of steps: ``optim.budget_tokens`` or ``optim.budget_flops`` (3x the
+  model's analytic forward FLOPs per step; ``tasks.runner.steps_for_budget``).
 - eval: ``num_val_windows`` evenly spaced windows of ``seq_len`` over the validation stream,
   and for each L in ``eval_lengths`` as many windows of L as hold the same number of tokens.
 

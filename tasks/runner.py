@@ -2,6 +2,7 @@
 periodic evaluation, early stopping, and a ``RunResult`` that says what happened."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import sys
@@ -28,6 +29,9 @@ class TrainConfig:
     warmup_frac: float = 0.1  # fraction of max_steps spent in linear warmup
     min_lr_frac: float = 0.0  # cosine decays to lr * min_lr_frac
     max_steps: int = 1000
+    # Equal compute across mixers: set one budget and max_steps follows from it (see steps_for_budget).
+    budget_tokens: int | None = None  # training tokens (batch_size * seq_len per step)
+    budget_flops: float | None = None  # training FLOPs, 3x the model's analytic forward FLOPs per step
     batch_size: int = 64
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
     eval_every: int = 100  # steps between evaluations (and at the last step)
@@ -52,6 +56,19 @@ class RunResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def steps_for_budget(cfg: TrainConfig, model: nn.Module, seq_len: int) -> int:
+    """``max_steps``, or the steps a token or FLOP budget buys at this batch size and length.
+    A training step costs about 3x the forward FLOPs (backward = 2x forward); ``model.flops``
+    is the LanguageModel's analytic count, so every mixer gets the same compute."""
+    if cfg.budget_tokens is not None and cfg.budget_flops is not None:
+        raise ValueError("set one of optim.budget_tokens and optim.budget_flops, not both")
+    if cfg.budget_tokens is not None:
+        return max(1, cfg.budget_tokens // (cfg.batch_size * seq_len))
+    if cfg.budget_flops is not None:
+        return max(1, int(cfg.budget_flops // (3 * cfg.batch_size * model.flops(seq_len))))
+    return cfg.max_steps
 
 
 def resolve_device(device: str) -> torch.device:
@@ -119,6 +136,8 @@ def train(model: nn.Module, task: Task, cfg: TrainConfig, seed: int = 0, data: T
     run = _Run(task, cfg)
     try:
         data = data if data is not None else task.build(seed)
+        steps = steps_for_budget(cfg, model, data.train.inputs.shape[1])
+        run.cfg = cfg = dataclasses.replace(cfg, max_steps=steps, budget_tokens=None, budget_flops=None)
         model.to(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

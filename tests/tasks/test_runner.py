@@ -127,3 +127,15 @@ def test_attention_learns_mqar_on_cpu():
     cfg = TrainConfig(lr=3e-3, max_steps=1500, batch_size=64, eval_every=100, early_stop=0.95, progress=False)
     r = task.run(model, cfg, seed=0)
     assert r.status == "ok" and r.metrics["accuracy"] >= 0.95, r.metrics
+
+
+def test_token_and_flop_budgets_set_the_number_of_steps():
+    model, task = _tiny_model(), _tiny_task()
+    quick = {k: v for k, v in QUICK.items() if k != "max_steps"}
+    r = train(model, task, TrainConfig(**quick, budget_tokens=5 * 8 * 16), seed=0)
+    assert r.steps == 5 and r.tokens == 5 * 8 * 16
+    flops_per_step = 3 * 8 * model.flops(16)
+    r = train(_tiny_model(), task, TrainConfig(**quick, budget_flops=4.5 * flops_per_step), seed=0)
+    assert r.steps == 4  # whole steps within the budget
+    with pytest.raises(ValueError, match="not both"):
+        train(_tiny_model(), task, TrainConfig(**quick, budget_tokens=1, budget_flops=1.0))
