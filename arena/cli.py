@@ -25,6 +25,8 @@ EXAMPLES = {
               "      --batch-policy tokens --tokens 32k --dtype fp32 --d-model 256 --results my_results\n"
               "  arena bench --preset gpu --results results_gpu --write-baseline gpu_baseline.json\n"
               "  arena bench --compare gpu_baseline.json --threshold 10% --results results_gpu"),
+    "niah": ("arena niah results/checkpoints/RUN_ID.safetensors --lengths 512,1k --depths 0,0.5,1\n"
+             "  arena niah --hf /path/to/local/hf-model --variant multikey --values uuids"),
     "eval": ("arena eval results/checkpoints/RUN_ID.safetensors\n"
              "  arena eval run.safetensors --tasks arena_mc,arena_ppl,arena_niah --limit 8 --batch-size 4\n"
              "  arena eval run.safetensors --tasks my_task --include-path my_tasks/\n"
@@ -356,6 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-baseline", metavar="FILE", help="write the store's ok rows as a baseline file")
     results_opt(p)
 
+    p = sub.add_parser("niah", add_help=False, help="RULER-style text needle-in-a-haystack on a checkpoint or a "
+                       "local Hugging Face model (arena niah --help for its options)")
+    p.add_argument("args", nargs=argparse.REMAINDER)  # handed whole to arena.text_niah_cli (see main)
+
     p = add("eval", cmd_eval, "run lm-eval tasks on a checkpoint (offline local tasks by default); "
             "writes a record of kind eval")
     p.add_argument("checkpoint", help="a checkpoint file (arena run --save-checkpoint writes one)")
@@ -377,6 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from arena.registry import ConfigError, UnknownNameError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["niah"]:  # its own parser, --help included
+        from arena.text_niah_cli import main as niah_main
+
+        return niah_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -23,7 +23,7 @@ def _size(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from tasks.text_niah import KINDS, VARIANTS
 
-    p = argparse.ArgumentParser(prog="python -m arena.text_niah_cli", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="arena niah", description=__doc__.split("\n\n")[0],
                                 epilog="examples:\n" + __doc__.split("\n\n")[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", nargs="?", help="an arena checkpoint (arena.checkpoint.save_checkpoint)")

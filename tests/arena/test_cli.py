@@ -78,3 +78,8 @@ def test_bad_input_is_one_line_exit_2(argv, message, tmp_path):
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_niah_subcommand_hands_its_arguments_to_the_text_niah_cli():
+    out = subprocess.run([sys.executable, "-m", "arena.cli", "niah", "--lengths", "64"], capture_output=True, text=True)
+    assert out.returncode == 2 and "arena niah: error: give exactly one of CHECKPOINT or --hf DIR" in out.stderr
