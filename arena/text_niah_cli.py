@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         parser.error(f"--lengths/--depths: {e}")
     from arena.records import Record, environment_info, utc_now
-    from tasks.text_niah import arena_model_fn, hf_model_fn, run_text_niah
+    from tasks.text_niah import run_text_niah
+    from tasks.text_niah_models import arena_model_fn, hf_model_fn
 
     started, t0 = utc_now(), time.perf_counter()
     if args.hf:

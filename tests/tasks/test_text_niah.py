@@ -10,11 +10,11 @@ from tasks.text_niah import (
     as_tokenizer,
     build_prompt,
     exact_match,
-    oracle_model_fn,
     ruler_score,
     run_text_niah,
     score,
 )
+from tasks.text_niah_models import oracle_model_fn
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_a_wrong_model_scores_zero():
 def test_tiny_untrained_arena_model_end_to_end(tmp_path):
     torch = pytest.importorskip("torch")
     from architectures import build_model
-    from tasks.text_niah import arena_model_fn
+    from tasks.text_niah_models import arena_model_fn
 
     torch.manual_seed(0)
     model = build_model(256, 16, 1, mixer="attention", mlp=False).eval()
@@ -196,7 +196,7 @@ def test_cli_writes_an_eval_record(tmp_path):
 
 def test_hugging_face_adapter(tmp_path, bpe):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed: the HF adapter is optional")
-    from tasks.text_niah import hf_model_fn
+    from tasks.text_niah_models import hf_model_fn
 
     # a tiny random GPT-2 and the test's BPE, saved locally: nothing is downloaded
     config = transformers.GPT2Config(vocab_size=bpe.get_vocab_size(), n_positions=1024, n_embd=16, n_layer=1, n_head=2)
