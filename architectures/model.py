@@ -57,6 +57,12 @@ class LanguageModel(nn.Module):
         """Mixer name -> the implementation that runs on the current device."""
         return {m.registry_name: m.impl for m in self.mixers}
 
+    def impl_label(self) -> str:
+        """The record's ``impl``: one name when every mixer runs the same way, else
+        ``"mixer:impl,mixer:impl"`` (a hybrid)."""
+        impls = self.impls()
+        return ",".join(f"{n}:{i}" for n, i in impls.items()) if len(impls) > 1 else next(iter(impls.values()))
+
     def _logits(self, h: Tensor) -> Tensor:
         return self.norm_f(h) @ self.embedding.weight.t()  # tied head
 

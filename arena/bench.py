@@ -35,7 +35,6 @@ compute_frac = achieved TFLOP/s / peak TFLOP/s and memory_frac = achieved GB/s /
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -47,7 +46,7 @@ import torch
 from architectures import MIXERS, build_mixer
 from architectures.mixer import ImplUnavailableError
 from arena.bench_timing import device_name, peak_memory, roofline, timer_for
-from arena.records import Record, environment_info, utc_now
+from arena.records import Record, content_id, environment_info, utc_now
 from arena.store import Store
 from tasks.runner import is_oom
 
@@ -89,8 +88,7 @@ class BenchRow:
 
     @property
     def run_id(self) -> str:
-        text = json.dumps(self.to_dict(), sort_keys=True)
-        return "bench-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+        return "bench-" + content_id(self.to_dict())
 
 
 def parse_size(text: str) -> int:

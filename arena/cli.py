@@ -204,7 +204,6 @@ def cmd_bench(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import json
     import time
     from pathlib import Path
 
@@ -229,7 +228,7 @@ def cmd_eval(args) -> int:
 
     from arena.bench_timing import device_name
     from arena.config import RunConfig
-    from arena.records import Record, environment_info, utc_now
+    from arena.records import Record, content_id, environment_info, utc_now
     from arena.store import Store
 
     try:
@@ -253,16 +252,12 @@ def cmd_eval(args) -> int:
 
     print(make_table(results))
     cfg = RunConfig.from_dict(lm.config)
-    key = json.dumps({"checkpoint": lea.file_sha256(ckpt), "tasks": tasks, "limit": limit,
-                      "max_length": lm.max_length}, sort_keys=True)
-    import hashlib
-
+    key = {"checkpoint": lea.file_sha256(ckpt), "tasks": tasks, "limit": limit, "max_length": lm.max_length}
     env = environment_info()
-    impls = lm.model.impls()
     record = Record(
-        run_id=f"eval-{hashlib.sha256(key.encode()).hexdigest()[:12]}-s{cfg.seed}", kind="eval", status="ok",
+        run_id=f"eval-{content_id(key)}-s{cfg.seed}", kind="eval", status="ok",
         task="lm_eval", mixer=cfg.mixer_label,
-        impl=",".join(f"{n}:{i}" for n, i in impls.items()) if len(impls) > 1 else next(iter(impls.values()), ""),
+        impl=lm.model.impl_label(),
         device=device_name(lm._device), seed=cfg.seed, config=lm.config, metrics=lea.flatten_results(results),
         git_commit=env["git_commit"], git_dirty=env["git_dirty"], versions={**env["versions"],
         "lm_eval": getattr(lm_eval, "__version__", "")}, started_at=started, wall_time_s=wall,

@@ -64,7 +64,6 @@ def execute(cfg: RunConfig, store: Store | None = None, checkpoint_dir=None) -> 
 def _record(cfg: RunConfig, model, result: RunResult | None, error: str, device, started: str,
             wall: float) -> Record:
     env = environment_info()
-    impls = model.impls() if model is not None else {}
     backends = {m.backend for m in (model.mixers if model is not None else []) if m.registry_name == "attention"}
     T = getattr(cfg.task_config, "seq_len", 0)
     extra = {}
@@ -77,8 +76,7 @@ def _record(cfg: RunConfig, model, result: RunResult | None, error: str, device,
         extra.update(steps=result.steps, tokens=result.tokens, best_metrics=result.best_metrics)
     return Record(
         run_id=cfg.run_id, kind="train", status=result.status if result else "failed", task=cfg.task,
-        mixer=cfg.mixer_label, impl=",".join(f"{n}:{i}" for n, i in impls.items()) if len(impls) > 1
-        else next(iter(impls.values()), ""), attention_backend=",".join(sorted(backends)) or None,
+        mixer=cfg.mixer_label, impl=model.impl_label() if model is not None else "", attention_backend=",".join(sorted(backends)) or None,
         device=device_name(device), seed=cfg.seed, config=cfg.to_dict(),
         metrics=result.metrics if result else {}, curve=result.curve if result else [],
         error=error or (result.error if result else ""), git_commit=env["git_commit"], git_dirty=env["git_dirty"],

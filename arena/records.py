@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import platform
@@ -19,6 +20,13 @@ from importlib import metadata
 from pathlib import Path
 
 from arena.registry import did_you_mean
+
+
+def content_id(obj) -> str:
+    """12 hex digits of the sha256 of ``obj``'s canonical JSON: the run id of a record whose
+    identity is a settings dict (bench rows, evaluations) rather than a ``RunConfig``."""
+    text = json.dumps(obj, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def metric_key(name: str, **settings) -> str:

@@ -8,16 +8,8 @@ LM; writes one eval Record (task "text_niah") to the store.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
-
-
-def _size(text: str) -> int:
-    text = text.strip().lower()
-    mult = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
-    return int(float(text[:-1] if mult > 1 else text) * mult)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,11 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     if (args.checkpoint is None) == (args.hf is None):
         parser.error("give exactly one of CHECKPOINT or --hf DIR")
     try:
-        lengths = [_size(t) for t in args.lengths.split(",") if t]
+        from arena.bench import parse_size
+
+        lengths = [parse_size(t) for t in args.lengths.split(",") if t]
         depths = [float(t) for t in args.depths.split(",") if t]
     except ValueError as e:
         parser.error(f"--lengths/--depths: {e}")
-    from arena.records import Record, environment_info, utc_now
+    from arena.records import Record, content_id, environment_info, utc_now
     from tasks.text_niah import run_text_niah
     from tasks.text_niah_models import arena_model_fn, hf_model_fn
 
@@ -78,15 +72,14 @@ def main(argv: list[str] | None = None) -> int:
 
             tok = tokenizers.Tokenizer.from_file(args.tokenizer)
         model_fn = arena_model_fn(model, args.device)
-        impls = model.impls()
         source, mixer = args.checkpoint, cfg.mixer_label
-        impl = ",".join(f"{n}:{i}" for n, i in impls.items()) if len(impls) > 1 else next(iter(impls.values()), "")
+        impl = model.impl_label()
         ident = cfg.run_id
     settings = {"source": source, "model_run_id": ident, "tokenizer": args.tokenizer if not args.hf else "hf",
                 "lengths": lengths, "depths": depths, "variant": args.variant, "haystack": args.haystack,
                 "key_type": args.keys, "value_type": args.values, "num_needles": args.num_needles,
                 "num_samples": args.samples, "max_new_tokens": args.max_new_tokens}
-    run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12] + f"-s{args.seed}"
+    run_id = f"{content_id(settings)}-s{args.seed}"
     print(f"text_niah {args.variant} on {source}: lengths {lengths} x depths {depths}, {args.samples} samples/cell")
     metrics = run_text_niah(model_fn, tok, lengths, depths, args.variant, args.samples, args.seed,
                             haystack=args.haystack, key_type=args.keys, value_type=args.values,

@@ -440,14 +440,8 @@ class FuzzyRecall(InContextRecall):
     1..3 tokens; the test set asks 3-token keys. Metrics as ``in_context_recall``, over value tokens."""
 
     @dataclass(kw_only=True)
-    class Config(TaskConfig):
-        vocab_size: int = 16
-        seq_len: int = 128
+    class Config(InContextRecall.Config):
         k_motif_size: int = 3
         v_motif_size: int = 3
-        noise_vocab_size: int = 0
-        frac_noise: float = 0.0
-        num_train_examples: int = 12_800
-        num_test_examples: int = 1_280
 
     generator = staticmethod(fuzzy_recall)

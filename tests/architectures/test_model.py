@@ -56,6 +56,8 @@ def test_generate_recurrent_equals_recompute(name):
 def test_hybrid_pattern_repeats_to_n_layers():
     model = _hybrid()
     assert [m.registry_name for m in model.mixers] == HYBRID
+    assert model.impl_label() == "gated_deltanet:reference,attention:reference"
+    assert tiny_model("mamba").impl_label() == "reference"
     model6 = build_model(16, TINY_D_MODEL, 6, pattern=["mamba2", "attention"], mamba2=TINY_OVERRIDES["mamba2"])
     assert [m.registry_name for m in model6.mixers] == ["mamba2", "attention"] * 3
     assert [m.layer_idx for m in model6.mixers] == list(range(6))
