@@ -2,8 +2,18 @@
 tiny per-mixer settings the registry-driven tests use."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Triton kernels run on CPU tensors under the interpreter; Triton reads the switch when a kernel
+# is decorated, so it is set here, before any test module imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    # the interpreter's tl.associative_scan costs a Python call per element: minutes per case
+    from kernels.selective_scan.interp import patch_interpreter_scan
+    patch_interpreter_scan()  # a no-op without triton
 
 torch.set_num_threads(2)  # CI has 2 cores; keep runs deterministic and comparable
 
@@ -36,3 +46,18 @@ def assert_run_close(actual, expected, tol: dict[str, float]) -> None:
     assert_rel_close(h, h_ref.to(h.dtype), tol["out"], "final state")
     for k in g_ref:
         assert_rel_close(g[k], g_ref[k].to(g[k].dtype), tol["grad"], f"d{k}")
+
+
+@pytest.fixture
+def poison_empty(monkeypatch):
+    """Fill every floating tensor from ``torch.empty`` / ``empty_like`` / ``new_empty`` with NaN
+    (fla's tests/conftest.py does the same), so a kernel that leaves part of an output unwritten
+    fails the comparison instead of passing on whatever the allocator handed back."""
+    def poisoned(make):
+        def wrapper(*args, **kwargs):
+            t = make(*args, **kwargs)
+            return t.fill_(float("nan")) if t.is_floating_point() else t
+        return wrapper
+    monkeypatch.setattr(torch, "empty", poisoned(torch.empty))
+    monkeypatch.setattr(torch, "empty_like", poisoned(torch.empty_like))
+    monkeypatch.setattr(torch.Tensor, "new_empty", poisoned(torch.Tensor.new_empty))

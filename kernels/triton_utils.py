@@ -1,0 +1,48 @@
+"""What every Triton kernel in ``kernels/`` shares: the interpreter switch, autotune config lists
+that collapse to one config under the interpreter, and the device check that names the fix.
+
+Triton reads ``TRITON_INTERPRET`` when a kernel is *decorated*, so the variable must be set
+before a kernel module is imported (``tests/conftest.py`` sets it on machines without CUDA).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1``: kernels run on CPU tensors, one program at a time."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def autotune_configs(configs: list) -> list:
+    """The configs to autotune over: all of them on a GPU, the first alone under the interpreter
+    (timing configs needs a GPU, and each interpreted run costs seconds)."""
+    return configs[:1] if interpreting() else configs
+
+
+def check_device(op: str, *tensors: torch.Tensor | None) -> None:
+    """Raise unless every tensor is on CUDA, or on the CPU under the interpreter."""
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type == "cuda" or (interpreting() and t.device.type == "cpu"):
+            continue
+        raise RuntimeError(
+            f"{op}: the Triton kernel got a tensor on {t.device}; move the inputs to a CUDA device, "
+            f"set TRITON_INTERPRET=1 before importing kernels to run it on the CPU (slow), or use "
+            f"the PyTorch reference (impl='reference')"
+        )
+
+
+def check_head_shapes(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **gates: torch.Tensor) -> None:
+    """The layout every headed op shares: ``q, k: [B, T, H, K]``, ``v: [B, T, H, V]`` and each
+    per-token gate ``[B, T, H]``; one error naming the expected and the given shapes."""
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{op}: expected q, k [B, T, H, K] and v [B, T, H, V]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    bad = {name: tuple(g.shape) for name, g in gates.items() if g.shape != q.shape[:3]}
+    if bad:
+        raise ValueError(f"{op}: gates {', '.join(gates)} must be [B, T, H] = {tuple(q.shape[:3])}; "
+                         f"got {bad}")
