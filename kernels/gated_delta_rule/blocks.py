@@ -1,0 +1,28 @@
+"""Block sizes shared by the gated delta rule kernels, and the autotune pruning that keeps them safe.
+
+Triton 3.6 on Hopper (sm_90) miscompiles kernels that hold two or more ``tl.dot`` when a dot
+dimension is 16 or 32: an illegal shared-memory access or silently wrong tiles, most often under
+repeated launches such as an autotune benchmark (triton-lang/triton#10486, #10573, #11366; helion
+works around it the same way). So on a GPU every K / V tile is at least 64 wide (a head dim below
+64 is zero-padded by the block pointers' boundary checks: same numerics, some wasted lanes). The
+interpreter has no such bug, and there small tiles keep the CPU tests fast.
+"""
+from __future__ import annotations
+
+import triton
+
+from kernels.triton_utils import interpreting
+
+MIN_DOT = 16 if interpreting() else 64
+
+
+def dot_block(n: int) -> int:
+    """The tile for a head dim of ``n``: a power of two >= n, never below ``MIN_DOT``."""
+    return max(MIN_DOT, triton.next_power_of_2(n))
+
+
+def prune_bv(configs, named_args, **kwargs):
+    """Autotune pruning: drop configs whose V tile is wider than the (padded) head dim needs."""
+    widest = dot_block(named_args["V"])
+    kept = [c for c in configs if c.kwargs.get("BV", 0) <= widest]
+    return kept or configs[:1]

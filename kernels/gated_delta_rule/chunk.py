@@ -1,0 +1,187 @@
+"""Chunked gated delta rule in Triton: ``chunk_gated_delta_rule``, forward and backward.
+
+Same semantics, shapes and dtypes as ``naive_chunk_gated_delta_rule`` (``o`` in v's dtype, the
+final state fp32). Inputs may mix dtypes (the mixer passes l2-normalised q, k in fp32 with v in
+bf16): every kernel reads each tensor in its own dtype, works in fp32 registers, and casts the
+operands of each ``tl.dot`` to the *dot dtype*: bf16 / fp16 when any of q, k, v is (v's dtype
+first), fp32 ("ieee" precision, no tf32) when all are fp32. Accumulation is always fp32.
+
+Forward, per chunk of BT tokens (5 launches):
+  1. fwd_kkt   gamma = chunk cumsum of g;  A = tril(b K K^T * exp(gamma_r - gamma_j), -1)  (chunk_wy)
+  2. fwd_solve Ai = (I + A)^{-1} by 16 x 16 diagonal blocks + block merges               (chunk_wy)
+  3. fwd_wu    W = Ai (b exp(gamma) K), U = Ai (b V)                                     (chunk_wy)
+  4. fwd_h     sequential over chunks: h_n, v_new = U - W h_n, h_{n+1}                   (chunk_h)
+  5. fwd_o     O = scale ((Q exp(gamma)) h_n + (Q K^T * D) v_new)                        (chunk_o)
+Backward (W, U, h, v_new recomputed by 3-4, gamma and Ai saved): bwd_dv_local, bwd_dh (reverse
+over chunks), bwd_dqkwg, bwd_wy (dk, dv, dbeta, dg via a chunk-local reverse cumsum).
+
+Per token and head at K = V = 128, BT = 64, bf16 (2 bytes) inputs: the forward must read q, k, v
+(3 x 256 B) and g, beta, write o (256 B): ~1 KiB floor; this implementation moves ~4.1 KiB (A and
+Ai scratch 256 + 384 B, W, U, v_new 768 B written and read again, h 512 B written and read).
+FLOPs ~ 2 BT (3K + 3V) + 10 K V ~ 0.26 MFLOP (fwd); ~2.5x that for fwd + bwd (incl. recompute).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+from torch import Tensor
+
+from kernels.gated_delta_rule.blocks import dot_block
+from kernels.gated_delta_rule.chunk_h import gated_delta_rule_bwd_dh_kernel, gated_delta_rule_fwd_h_kernel
+from kernels.gated_delta_rule.chunk_o import (
+    gated_delta_rule_bwd_dqkwg_kernel,
+    gated_delta_rule_bwd_dv_local_kernel,
+    gated_delta_rule_fwd_o_kernel,
+)
+from kernels.gated_delta_rule.chunk_wy import (
+    gated_delta_rule_bwd_wy_kernel,
+    gated_delta_rule_fwd_kkt_kernel,
+    gated_delta_rule_fwd_solve_kernel,
+    gated_delta_rule_fwd_wu_kernel,
+)
+from kernels.triton_utils import check_device, check_head_shapes
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+def dot_dtype(*tensors: Tensor) -> torch.dtype:
+    """bf16 / fp16 when any input is (later tensors first: v, then k, then q), else fp32."""
+    for t in reversed(tensors):
+        if t.dtype in (torch.bfloat16, torch.float16):
+            return t.dtype
+    return torch.float32
+
+
+def _prec(dt: torch.dtype):
+    return "ieee" if dt == torch.float32 else None
+
+
+def _pow2(n: int) -> int:
+    return dot_block(n)  # >= 64 on a GPU: see blocks.py (Triton 3.6 Hopper bug with 16 / 32 wide dots)
+
+
+def check_inputs(op: str, q, k, v, g, beta, initial_state=None) -> None:
+    """One clear error per bad input: shapes, dtypes, device."""
+    check_device(op, q, k, v, g, beta, initial_state)
+    check_head_shapes(op, q, k, v, g=g, beta=beta)
+    for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("initial_state", initial_state)):
+        if t is not None and t.dtype not in _FLOATS:
+            raise TypeError(f"{op}: {name} is {t.dtype}; the Triton kernels take fp16, bf16 or fp32 "
+                            f"(use naive_chunk_gated_delta_rule for fp64)")
+    B, _, H, K = q.shape
+    V = v.shape[-1]
+    if max(K, V) > MAX_HEAD_DIM:
+        raise ValueError(f"{op}: head dims K={K}, V={V}: at most {MAX_HEAD_DIM} (the state tile lives in registers)")
+    if initial_state is not None and initial_state.shape != (B, H, K, V):
+        raise ValueError(f"{op}: initial_state must be [B, H, K, V] = {(B, H, K, V)}; got {tuple(initial_state.shape)}")
+
+
+def _prepare(k, v, g, beta, BT, DT):
+    """Launches 1-3: gamma (fp32), Ai (dot dtype), W, U (dot dtype)."""
+    B, T, H, K = k.shape
+    NT, prec = triton.cdiv(T, BT), _prec(DT)
+    gamma = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
+    A = torch.empty(B, T, H, BT, device=k.device, dtype=torch.float32)
+    Ai = torch.empty(B, T, H, BT, device=k.device, dtype=DT)
+    gated_delta_rule_fwd_kkt_kernel[(NT, B * H)](k, g, beta, gamma, A, Ai, T, H, K, BT, min(64, _pow2(K)), prec)
+    gated_delta_rule_fwd_solve_kernel[(NT, B * H)](A, Ai, T, H, BT)
+    w, u = _recompute_wu(k, v, beta, gamma, Ai, BT, DT)
+    return gamma, Ai, w, u
+
+
+def _recompute_wu(k, v, beta, gamma, Ai, BT, DT):
+    B, T, H, K = k.shape
+    V = v.shape[-1]
+    w = torch.empty(B, T, H, K, device=k.device, dtype=DT)
+    u = torch.empty(B, T, H, V, device=k.device, dtype=DT)
+    gated_delta_rule_fwd_wu_kernel[(triton.cdiv(T, BT), B * H)](
+        k, v, beta, gamma, Ai, w, u, T, H, K, V, BT, min(64, _pow2(K)), min(64, _pow2(V)), _prec(DT))
+    return w, u
+
+
+def _fwd_h(k, w, u, gamma, h0, BT, DT, store_final):
+    B, T, H, K = k.shape
+    V, NT = u.shape[-1], triton.cdiv(T, BT)
+    h = torch.empty(B, NT, H, K, V, device=k.device, dtype=DT)
+    v_new = torch.empty_like(u)
+    ht = torch.empty(B, H, K, V, device=k.device, dtype=torch.float32) if store_final else None
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), B * H)
+    gated_delta_rule_fwd_h_kernel[grid](k, u, w, gamma, h, v_new, h0, ht, T, H, K, V, BT, _pow2(K),
+                                        USE_H0=h0 is not None, STORE_HT=store_final, PREC=_prec(DT))
+    return h, v_new, ht
+
+
+def chunk_fwd(q, k, v, g, beta, scale, h0, BT, store_final):
+    B, T, H, K = q.shape
+    V, DT = v.shape[-1], dot_dtype(q, k, v)
+    gamma, Ai, w, u = _prepare(k, v, g, beta, BT, DT)
+    h, v_new, ht = _fwd_h(k, w, u, gamma, h0, BT, DT, store_final)
+    o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(T, BT), B * H)
+    gated_delta_rule_fwd_o_kernel[grid](q, k, v_new, h, gamma, o, scale, T, H, K, V, BT, min(64, _pow2(K)),
+                                        PREC=_prec(DT))
+    return o, ht, gamma, Ai
+
+
+def chunk_bwd(q, k, v, g, beta, scale, h0, gamma, Ai, do, dht, BT):
+    B, T, H, K = q.shape
+    V, DT, prec, NT, dev = v.shape[-1], dot_dtype(q, k, v), _prec(dot_dtype(q, k, v)), triton.cdiv(T, BT), q.device
+    w, u = _recompute_wu(k, v, beta, gamma, Ai, BT, DT)
+    h, v_new, _ = _fwd_h(k, w, u, gamma, h0, BT, DT, False)
+    dv_local = torch.empty(B, T, H, V, device=dev, dtype=torch.float32)
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), NT, B * H)
+    gated_delta_rule_bwd_dv_local_kernel[grid](q, k, gamma, do, dv_local, scale, T, H, K, V, BT,
+                                               min(64, _pow2(K)), DOT_DT=Ai, PREC=prec)
+    dh = torch.empty(B, NT, H, K, V, device=dev, dtype=DT)
+    du = torch.empty(B, T, H, V, device=dev, dtype=torch.float32)
+    dh0 = torch.empty(B, H, K, V, device=dev, dtype=h0.dtype) if h0 is not None else None
+    grid = lambda meta: (triton.cdiv(V, meta["BV"]), B * H)
+    gated_delta_rule_bwd_dh_kernel[grid](q, k, w, gamma, do, dv_local, du, dh, dht, dh0, scale, T, H, K, V, BT,
+                                         _pow2(K), USE_DHT=dht is not None, STORE_DH0=h0 is not None, PREC=prec)
+    dq = torch.empty_like(q)
+    dk_part = torch.empty(B, T, H, K, device=dev, dtype=torch.float32)
+    dw = torch.empty(B, T, H, K, device=dev, dtype=torch.float32)
+    dgam = torch.empty(B, T, H, device=dev, dtype=torch.float32)
+    gated_delta_rule_bwd_dqkwg_kernel[(NT, B * H)](q, k, v_new, h, dh, do, du, gamma, dq, dk_part, dw, dgam, scale,
+                                                   T, H, K, V, BT, _pow2(K), PREC=prec)
+    dk, dv, dbeta, dg = torch.empty_like(k), torch.empty_like(v), torch.empty_like(beta), torch.empty_like(g)
+    gated_delta_rule_bwd_wy_kernel[(NT, B * H)](k, v, beta, gamma, Ai, dw, du, dk_part, dgam, dk, dv, dbeta, dg,
+                                                T, H, K, V, BT, _pow2(K), min(64, _pow2(V)), PREC=prec)
+    return dq, dk, dv, dg, dbeta, dh0
+
+
+class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size):
+        q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
+        h0 = initial_state.contiguous() if initial_state is not None else None
+        o, ht, gamma, Ai = chunk_fwd(q, k, v, g, beta, scale, h0, chunk_size, output_final_state)
+        ctx.save_for_backward(q, k, v, g, beta, h0, gamma, Ai)
+        ctx.scale, ctx.chunk_size = scale, chunk_size
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, beta, h0, gamma, Ai = ctx.saved_tensors
+        dq, dk, dv, dg, dbeta, dh0 = chunk_bwd(q, k, v, g, beta, ctx.scale, h0, gamma, Ai, do.contiguous(),
+                                               dht.contiguous() if dht is not None else None, ctx.chunk_size)
+        return dq, dk, dv, dg, dbeta, None, dh0, None, None
+
+
+def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, chunk_size: int = 64,
+                           scale: float | None = None, initial_state: Tensor | None = None,
+                           output_final_state: bool = True) -> tuple[Tensor, Tensor | None]:
+    """``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``, ``g`` (log decay, <= 0), ``beta: [B, T, H]``,
+    ``initial_state: [B, H, K, V]`` -> ``(o [B, T, H, V] in v's dtype, final state fp32 or None)``.
+    Differentiable w.r.t. q, k, v, g, beta and initial_state. ``chunk_size`` in {16, 32, 64}."""
+    if chunk_size not in (16, 32, 64):
+        raise ValueError(f"chunk_gated_delta_rule: chunk_size={chunk_size}; valid values are 16, 32, 64 (fla uses 64)")
+    check_inputs("chunk_gated_delta_rule", q, k, v, g, beta, initial_state)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    B, T, H, K = q.shape
+    if T == 0:
+        S = initial_state.float() if initial_state is not None else q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32)
+        return v.new_zeros(B, 0, H, v.shape[-1]), (S if output_final_state else None)
+    o, ht = ChunkGatedDeltaRuleFunction.apply(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)
+    return o, (ht if output_final_state else None)

@@ -1,0 +1,114 @@
+"""The sequential-over-chunks state passes of the chunked gated delta rule (Triton). One program
+per (V tile, batch * head) walks the chunks in order, the [K, BV] state tile in fp32 registers:
+
+    forward  (fwd_h):  store h_n (the state entering chunk n);  v_new = U - W h_n;
+                       h_{n+1} = exp(gamma_C) h_n + (K exp(gamma_C - gamma))^T v_new
+    backward (bwd_dh): store dh_n (gradient of h_{n+1});  dv = dv_local + (K exp(gamma_C - gamma)) dh;
+                       dh <- exp(gamma_C) dh + scale (Q exp(gamma))^T dO - W^T dv
+
+The per-chunk states h_n are stored in the dot dtype (bf16 for bf16 inputs: the output kernel
+feeds them to a bf16 tensor-core dot anyway, and it halves the largest intermediate, K V / BT
+elements per token; fp32 for fp32 inputs). The running state itself always stays fp32.
+
+HBM per token and head (d = dot-dtype bytes): fwd reads K + V + K (k, u, w) d, writes V d (v_new)
++ K V / BT d (h); bwd reads 3 K + 2 V (+ dv_local fp32), writes V fp32 + K V / BT d.
+FLOPs per token and head: fwd 4 K V, bwd 6 K V.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from kernels.gated_delta_rule.blocks import prune_bv
+from kernels.triton_utils import autotune_configs
+
+# Two configs, V tiles of 64 (no 32-wide dot: see blocks.py); the [K, 64] fp32 state tile wants
+# 4 warps at K <= 128, 8 at K = 256. BV > V is pruned.
+_CONFIGS = autotune_configs([triton.Config({"BV": 64}, num_warps=4), triton.Config({"BV": 64}, num_warps=8)])
+_TUNE = dict(key=["H", "K", "V", "BT"], prune_configs_by={"early_config_prune": prune_bv}, cache_results=True)
+
+
+@triton.autotune(configs=_CONFIGS, **_TUNE)
+@triton.jit
+def gated_delta_rule_fwd_h_kernel(k, u, w, gamma, h, v_new, h0, ht, T, H: tl.constexpr, K: tl.constexpr,
+                                  V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                                  USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+    DT = h.dtype.element_ty
+    o_t = tl.arange(0, BT)
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)                                   # the state tile
+    if USE_H0:
+        p_h0 = tl.make_block_ptr(h0 + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        b_h += tl.load(p_h0, boundary_check=(0, 1)).to(tl.float32)
+    for i_t in range(NT):
+        p_h = tl.make_block_ptr(h + ((i_b.to(tl.int64) * NT + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_h, b_h.to(DT), boundary_check=(0, 1))
+        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_vn = tl.make_block_ptr(v_new + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
+        b_w = tl.load(p_w, boundary_check=(0, 1))                                  # [BT, BK]
+        b_vn = tl.load(p_u, boundary_check=(0, 1)).to(tl.float32) \
+            - tl.dot(b_w, b_h.to(DT), input_precision=PREC)                       # [BT, BV]
+        tl.store(p_vn, b_vn.to(DT), boundary_check=(0, 1))
+        i_last = tl.minimum((i_t + 1) * BT, T) - 1
+        b_gl = tl.load(gamma + (bos + i_last) * H + i_h)
+        b_gam = tl.load(p_gam, boundary_check=(0,))
+        m_t = i_t * BT + o_t < T
+        b_vd = b_vn * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]  # decay to chunk end
+        b_k = tl.load(p_k, boundary_check=(0, 1)).to(DT)                         # [BT, BK]
+        b_h = b_h * tl.exp(b_gl) + tl.dot(tl.trans(b_k), b_vd.to(DT), input_precision=PREC)
+    if STORE_HT:
+        p_ht = tl.make_block_ptr(ht + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_ht, b_h, boundary_check=(0, 1))
+
+
+@triton.autotune(configs=_CONFIGS, **_TUNE)
+@triton.jit
+def gated_delta_rule_bwd_dh_kernel(q, k, w, gamma, do, dv_local, dv, dh, dht, dh0, scale, T, H: tl.constexpr,
+                                   K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                                   BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                                   PREC: tl.constexpr):
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+    DT = dh.dtype.element_ty
+    o_t = tl.arange(0, BT)
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)                                  # grad of the state
+    if USE_DHT:
+        p_dht = tl.make_block_ptr(dht + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        b_dh += tl.load(p_dht, boundary_check=(0, 1)).to(tl.float32)
+    for i_s in range(NT):
+        i_t = NT - 1 - i_s
+        p_dh = tl.make_block_ptr(dh + ((i_b.to(tl.int64) * NT + i_t) * H + i_h) * K * V, (K, V), (V, 1),
+                                 (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh, b_dh.to(DT), boundary_check=(0, 1))
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_dvl = tl.make_block_ptr(dv_local + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
+        i_last = tl.minimum((i_t + 1) * BT, T) - 1
+        b_gl = tl.load(gamma + (bos + i_last) * H + i_h)
+        b_gam = tl.load(p_gam, boundary_check=(0,))
+        m_t = i_t * BT + o_t < T
+        b_k = tl.load(p_k, boundary_check=(0, 1)).to(tl.float32)
+        b_kd = b_k * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]  # [BT, BK]
+        b_dv = tl.load(p_dvl, boundary_check=(0, 1)) + tl.dot(b_kd.to(DT), b_dh.to(DT), input_precision=PREC)
+        tl.store(p_dv, b_dv, boundary_check=(0, 1))                               # [BT, BV] fp32
+        b_q = tl.load(p_q, boundary_check=(0, 1)).to(tl.float32) * (scale * tl.exp(b_gam))[:, None]
+        b_do = tl.load(p_do, boundary_check=(0, 1)).to(DT)
+        b_w = tl.load(p_w, boundary_check=(0, 1))
+        b_dh = b_dh * tl.exp(b_gl) + tl.dot(tl.trans(b_q.to(DT)), b_do, input_precision=PREC) \
+            - tl.dot(tl.trans(b_w), b_dv.to(DT), input_precision=PREC)
+    if STORE_DH0:
+        p_dh0 = tl.make_block_ptr(dh0 + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_dh0, b_dh.to(dh0.dtype.element_ty), boundary_check=(0, 1))
