@@ -1,0 +1,90 @@
+"""One decode step of the Mamba-1 selective scan in Triton: ``fused_selective_scan_step``.
+
+One program per (batch row, BD channels) reads its ``[BD, N]`` slice of the state once, applies
+``h = exp(dt A) h + dt u B``, reads ``y = sum_n C h (+ D u) (* silu(z))`` and writes the state
+once (in place when ``out_state is state``: every program reads its slice before writing it).
+
+Memory traffic per step: the state read and written (``2 * 4 B D N`` bytes for fp32) dominates;
+A (``4 D N``) and the ``[B, D]`` / ``[B, N]`` activations are small. ``B D N`` exps.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.selective_scan.scan_fwd import LOG2E, softplus
+from kernels.triton_utils import autotune_configs, check_device
+
+
+@triton.autotune(configs=autotune_configs([triton.Config({"BD": bd}, num_warps=w)
+                                           for bd, w in ((64, 4), (32, 2), (128, 4), (16, 1))]),
+                 key=["Dch", "N"], restore_value=["h_out"])  # h_out may be h: autotuning must not step twice
+@triton.jit
+def selective_scan_step_kernel(u, delta, A, B, C, D, z, delta_bias, h, h_out, y, Dch,
+                               N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,
+                               HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                               SOFTPLUS: tl.constexpr):
+    i_d, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_d = i_d * BD + tl.arange(0, BD)
+    o_n = tl.arange(0, BN)
+    m_d, m_n = o_d < Dch, o_n < N
+    m_dn = m_d[:, None] & m_n[None, :]
+    o_dn = o_d[:, None] * N + o_n[None, :]  # [BD, BN]
+    o_bd = i_b * Dch + o_d  # [BD]
+    b_x = tl.load(delta + o_bd, mask=m_d, other=0.).to(tl.float32)
+    if HAS_BIAS:
+        b_x += tl.load(delta_bias + o_d, mask=m_d, other=0.).to(tl.float32)
+    b_dt = softplus(b_x) if SOFTPLUS else b_x  # [BD]
+    b_u = tl.load(u + o_bd, mask=m_d, other=0.).to(tl.float32)
+    b_B = tl.load(B + i_b * N + o_n, mask=m_n, other=0.).to(tl.float32)  # [BN]
+    b_C = tl.load(C + i_b * N + o_n, mask=m_n, other=0.).to(tl.float32)
+    b_A = tl.load(A + o_dn, mask=m_dn, other=0.).to(tl.float32)  # [BD, BN]
+    b_h = tl.load(h + i_b * Dch * N + o_dn, mask=m_dn, other=0.).to(tl.float32)
+    b_h = tl.exp2(b_dt[:, None] * b_A * LOG2E) * b_h + (b_dt * b_u)[:, None] * b_B[None, :]
+    tl.store(h_out + i_b * Dch * N + o_dn, b_h.to(h_out.dtype.element_ty), mask=m_dn)
+    b_y = tl.sum(b_h * b_C[None, :], 1)  # [BD]
+    if HAS_D:
+        b_y += tl.load(D + o_d, mask=m_d, other=0.).to(tl.float32) * b_u
+    if HAS_Z:
+        b_z = tl.load(z + o_bd, mask=m_d, other=0.).to(tl.float32)
+        b_y *= b_z * tl.sigmoid(b_z)
+    tl.store(y + o_bd, b_y.to(y.dtype.element_ty), mask=m_d)
+
+
+def fused_selective_scan_step(u_t, delta_t, A, B_t, C_t, state, D=None, z_t=None, delta_bias=None,
+                              delta_softplus: bool = False, out_state=None):
+    """One token, as ``selective_scan_step``: ``u_t, delta_t, z_t: [B, D]``, ``A: [D, N]``,
+    ``B_t, C_t: [B, N]``, ``state: [B, D, N]`` (fp32) -> ``(y_t [B, D] in u_t.dtype, new state)``.
+    The new state goes into ``out_state`` when given (``state`` itself is allowed), else into a
+    fresh tensor of the state's dtype. Not differentiable (decode)."""
+    op = "fused_selective_scan_step"
+    check_device(op, u_t, delta_t, A, B_t, C_t, state, D, z_t, delta_bias, out_state)
+    b, Dch = u_t.shape if u_t.dim() == 2 else (-1, -1)
+    N = A.shape[-1]
+    if (u_t.dim() != 2 or delta_t.shape != u_t.shape or A.shape != (Dch, N) or B_t.shape != (b, N)
+            or C_t.shape != (b, N) or state.shape != (b, Dch, N)
+            or (z_t is not None and z_t.shape != u_t.shape)):
+        raise ValueError(f"{op}: expected u_t, delta_t, z_t [B,D], A [D,N], B_t/C_t [B,N], state [B,D,N]; "
+                         f"got "
+                         f"u_t {tuple(u_t.shape)}, delta_t {tuple(delta_t.shape)}, A {tuple(A.shape)}, "
+                         f"B_t {tuple(B_t.shape)}, C_t {tuple(C_t.shape)}, state {tuple(state.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (Dch,):
+            raise ValueError(f"{op}: expected {name} [D] = [{Dch}]; got {tuple(t.shape)}")
+    if out_state is not None and (out_state.shape != state.shape or not out_state.is_contiguous()):
+        raise ValueError(f"{op}: out_state must be a contiguous [B,D,N] = {tuple(state.shape)} tensor; "
+                         f"got {tuple(out_state.shape)}")
+    h_in = state.contiguous()
+    if out_state is state and h_in is not state:
+        raise ValueError(f"{op}: an in-place update needs a contiguous state; pass state.contiguous()")
+    h_out = out_state if out_state is not None else torch.empty_like(h_in)
+    u_t, delta_t, B_t, C_t, A = (t.contiguous() for t in (u_t, delta_t, B_t, C_t, A))
+    z_t, D, delta_bias = (t.contiguous() if t is not None else None for t in (z_t, D, delta_bias))
+    y = torch.empty_like(u_t)
+    grid = lambda meta: (triton.cdiv(Dch, meta["BD"]), b)
+    selective_scan_step_kernel[grid](u_t, delta_t, A, B_t, C_t, D, z_t, delta_bias, h_in, h_out, y, Dch,
+                                     N=N, BN=triton.next_power_of_2(N), HAS_D=D is not None,
+                                     HAS_Z=z_t is not None, HAS_BIAS=delta_bias is not None,
+                                     SOFTPLUS=delta_softplus)
+    return y, h_out
