@@ -5,10 +5,11 @@ a dict of tensors whose first dimension is the batch. See DESIGN.md, "The Mixer 
 """
 from __future__ import annotations
 
+import importlib
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -47,13 +48,17 @@ def triton_runnable(device: torch.device) -> str | None:
 class Mixer(nn.Module, ABC):
     """Sequence mixer: parallel ``forward`` with state in and out, one-token ``step``.
 
-    Subclasses set ``Config`` and ``IMPLS`` (the implementations their file provides) and
-    implement the five contract methods. ``self.impl`` is the implementation that runs on the
-    module's current device; records read it.
+    Subclasses set ``Config`` and ``IMPLS`` (the implementations their file provides), name
+    their kernels in ``REFERENCE_OPS`` / ``TRITON_OPS``, and implement the five contract
+    methods. ``self.impl`` is the implementation that runs on the module's current device;
+    records read it.
     """
 
     Config: ClassVar[type[MixerConfig]] = MixerConfig
     IMPLS: ClassVar[tuple[str, ...]] = ("reference",)
+    # op name -> its reference function / "module:function" of its Triton kernel (read by op)
+    REFERENCE_OPS: ClassVar[dict[str, Callable]] = {}
+    TRITON_OPS: ClassVar[dict[str, str]] = {}
     registry_name: ClassVar[str] = "?"
 
     def __init__(self, d_model: int, cfg: MixerConfig, layer_idx: int = 0, impl: str = "auto"):
@@ -62,6 +67,7 @@ class Mixer(nn.Module, ABC):
             raise ValueError(f"{self.registry_name}: d_model must be a positive int, got {d_model!r}")
         self.d_model, self.cfg, self.layer_idx = d_model, cfg, layer_idx
         self.requested_impl = self._check_impl(impl)
+        self.op_overrides: dict[str, Callable] = {}
 
     # -- implementation choice -------------------------------------------------------------
     def _check_impl(self, impl: str) -> str:
@@ -90,6 +96,19 @@ class Mixer(nn.Module, ABC):
                 raise ImplUnavailableError(f"mixer {self.registry_name!r}, impl='triton': {why_not}")
             return "triton"
         return "triton" if why_not is None and self.device.type == "cuda" else "reference"
+
+    def op(self, name: str) -> Callable:
+        """The function behind the mixer's op ``name`` (e.g. ``"chunk"``, ``"step"``, ``"conv"``):
+        an entry of ``op_overrides`` (the benchmark races a public kernel inside the same layer
+        this way), else the Triton kernel named in ``TRITON_OPS`` when ``self.impl`` is
+        ``"triton"`` (imported on first use: Triton is an optional extra the reference path never
+        needs), else ``REFERENCE_OPS[name]``."""
+        if name in self.op_overrides:
+            return self.op_overrides[name]
+        if self.impl == "triton":
+            module, function = self.TRITON_OPS[name].split(":")
+            return getattr(importlib.import_module(module), function)
+        return self.REFERENCE_OPS[name]
 
     # -- input checks shared by every mixer --------------------------------------------------
     def check_input(self, x: Tensor, rank: int = 3) -> None:

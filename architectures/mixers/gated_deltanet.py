@@ -71,7 +71,15 @@ class GatedDeltaNet(Mixer):
         allow_neg_eigval: bool = False  # beta in (0, 2) (Grazzi et al. 2024), fla's flag
         chunk_size: int = 64            # fla's chunk kernels use 64-token chunks
 
-    IMPLS = ("reference",)
+    IMPLS = ("reference", "triton")
+    REFERENCE_OPS = {"conv": causal_conv1d, "conv_step": causal_conv1d_step,
+                     "chunk": naive_chunk_gated_delta_rule, "step": gated_delta_rule_step}
+    TRITON_OPS = {  # the kernels of impl="triton", imported on first use by Mixer.op
+        "conv": "kernels.short_conv.conv:causal_conv1d_triton",
+        "chunk": "kernels.gated_delta_rule.chunk:chunk_gated_delta_rule",
+        "conv_step": "kernels.short_conv.recurrent:causal_conv1d_step_triton",
+        "step": "kernels.gated_delta_rule.recurrent:fused_gated_delta_rule_step",
+    }
 
     def __init__(self, d_model: int, cfg: Config, layer_idx: int = 0, impl: str = "auto"):
         super().__init__(d_model, cfg, layer_idx, impl)
@@ -153,21 +161,26 @@ class GatedDeltaNet(Mixer):
         self.check_input(x)
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        conv = self.op("conv")
+        rule = self.op("chunk")
         qkv, z, a, b = self._split(self.in_proj(x))
-        qkv, conv_state = causal_conv1d(qkv, self.conv_weight, self.conv_bias, state["conv"], "silu")
+        qkv, conv_state = conv(qkv, self.conv_weight, self.conv_bias, state["conv"], "silu")
         q, k, v = self._heads(qkv)
+        if self.impl == "triton":  # the kernels' dots take q, k in v's dtype, as fla's layer feeds them
+            q, k = q.to(v.dtype), k.to(v.dtype)
         g, beta = self._gates(a, b)
-        o, ssm = naive_chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=self.cfg.chunk_size,
-                                              initial_state=state["ssm"])
+        o, ssm = rule(q, k, v, g, beta, chunk_size=self.cfg.chunk_size, initial_state=state["ssm"])
         return self._out(o, z), {"conv": conv_state, "ssm": ssm}
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         self.check_input(x_t, rank=2)
+        conv_step = self.op("conv_step")
+        rule_step = self.op("step")
         qkv, z, a, b = self._split(self.in_proj(x_t))
-        qkv, conv_state = causal_conv1d_step(qkv, self.conv_weight, self.conv_bias, state["conv"], "silu")
+        qkv, conv_state = conv_step(qkv, self.conv_weight, self.conv_bias, state["conv"], "silu")
         q, k, v = self._heads(qkv)
         g, beta = self._gates(a, b)
-        o, ssm = gated_delta_rule_step(q, k, v, g, beta, state["ssm"])
+        o, ssm = rule_step(q, k, v, g, beta, state["ssm"])
         return self._out(o, z), {"conv": conv_state, "ssm": ssm}
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:

@@ -25,7 +25,6 @@ from architectures.mixer import MIXERS, Mixer, MixerConfig, State, state_dtype
 from kernels.short_conv import causal_conv1d, causal_conv1d_step
 from kernels.ssd import naive_chunk_ssd, ssd_step
 
-
 @MIXERS.register("mamba2")
 class Mamba2(Mixer):
     @dataclass(kw_only=True)
@@ -45,7 +44,15 @@ class Mamba2(Mixer):
         bias: bool = False  # in_proj and out_proj
         norm_eps: float = 1e-5
 
-    IMPLS = ("reference",)
+    IMPLS = ("reference", "triton")
+    REFERENCE_OPS = {"conv": causal_conv1d, "conv_step": causal_conv1d_step,
+                     "chunk": naive_chunk_ssd, "step": ssd_step}
+    TRITON_OPS = {  # the kernels of impl="triton", imported on first use by Mixer.op
+        "conv": "kernels.short_conv.conv:causal_conv1d_triton",
+        "chunk": "kernels.ssd.chunk:chunk_ssd",
+        "conv_step": "kernels.short_conv.recurrent:causal_conv1d_step_triton",
+        "step": "kernels.ssd.recurrent:fused_ssd_step",
+    }
 
     def __init__(self, d_model: int, cfg: Config, layer_idx: int = 0, impl: str = "auto"):
         super().__init__(d_model, cfg, layer_idx, impl)
@@ -118,22 +125,25 @@ class Mamba2(Mixer):
         self.check_input(x)
         if state is None:
             state = self.init_state(x.shape[0], x.device, x.dtype)
+        conv = self.op("conv")
+        ssd = self.op("chunk")
         z, xBC, dt = self._split(self.in_proj(x))
-        xBC, conv_state = causal_conv1d(xBC, self._conv_weight(), self.conv1d.bias, state["conv"], "silu")
+        xBC, conv_state = conv(xBC, self._conv_weight(), self.conv1d.bias, state["conv"], "silu")
         xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
-        y, ssm_state = naive_chunk_ssd(xs, dt, A, B, C, self.D, chunk_size=self.cfg.chunk_size,
-                                       initial_state=state["ssm"])
+        y, ssm_state = ssd(xs, dt, A, B, C, self.D, chunk_size=self.cfg.chunk_size,
+                           initial_state=state["ssm"])
         y = self.norm(y.flatten(-2), z)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         """One token ``x_t: [B, d_model]`` through the one-token SSD recurrence."""
         self.check_input(x_t, rank=2)
+        conv_step = self.op("conv_step")
+        ssd_step_fn = self.op("step")
         z, xBC, dt = self._split(self.in_proj(x_t))
-        xBC, conv_state = causal_conv1d_step(xBC, self._conv_weight(), self.conv1d.bias, state["conv"],
-                                             "silu")
+        xBC, conv_state = conv_step(xBC, self._conv_weight(), self.conv1d.bias, state["conv"], "silu")
         xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
-        y, ssm_state = ssd_step(xs, dt, A, B, C, state["ssm"], self.D)
+        y, ssm_state = ssd_step_fn(xs, dt, A, B, C, state["ssm"], self.D)
         y = self.norm(y.flatten(-2), z)
         return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
 

@@ -45,7 +45,12 @@ class MultiHeadLayerNorm(nn.Module):
 
 @MIXERS.register("xlstm")
 class XLSTM(Mixer):
-    IMPLS = ("reference",)
+    IMPLS = ("reference", "triton")
+    REFERENCE_OPS = {"chunk": naive_chunk_mlstm, "step": mlstm_step}
+    TRITON_OPS = {  # the kernels of impl="triton", imported on first use by Mixer.op
+        "chunk": "kernels.mlstm.chunk:chunk_mlstm",
+        "step": "kernels.mlstm.recurrent:fused_mlstm_step",
+    }
 
     @dataclass(kw_only=True)
     class Config(MixerConfig):
@@ -144,14 +149,14 @@ class XLSTM(Mixer):
     def forward(self, x: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         self.check_input(x)
         q, k, v, o, i, f = self._inputs(x)
-        h, (C, n, m) = naive_chunk_mlstm(q, k, v, i, f, eps=self.cfg.eps, chunk_size=self.cfg.chunk_size,
-                                         initial_state=self._cell_state(state))
+        h, (C, n, m) = self.op("chunk")(q, k, v, i, f, eps=self.cfg.eps, chunk_size=self.cfg.chunk_size,
+                                        initial_state=self._cell_state(state))
         return self._output(h, o), {"C": C, "n": n, "m": m}
 
     def step(self, x_t: Tensor, state: State) -> tuple[Tensor, State]:
         self.check_input(x_t, rank=2)
         q, k, v, o, i, f = self._inputs(x_t)
-        h, (C, n, m) = mlstm_step(q, k, v, i, f, self._cell_state(state), eps=self.cfg.eps)
+        h, (C, n, m) = self.op("step")(q, k, v, i, f, self._cell_state(state), eps=self.cfg.eps)
         return self._output(h, o), {"C": C, "n": n, "m": m}
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> State:
