@@ -45,6 +45,7 @@ import torch
 
 from architectures import MIXERS, build_mixer
 from architectures.mixer import ImplUnavailableError
+from arena.bench_contenders import CONTENDERS, ContenderUnavailable, agreement, contender_ops
 from arena.bench_timing import device_name, peak_memory, roofline, timer_for
 from arena.records import Record, content_id, environment_info, utc_now
 from arena.store import Store
@@ -122,41 +123,11 @@ def plan(mixers, impls, lengths, passes, *, batch_policy="tokens", tokens=32768,
     return rows
 
 
-# --- public contenders (optional, imported lazily; GPU ONLY when written) --------------------
-
-
-class ContenderUnavailable(RuntimeError):
-    """A contender that cannot run here: the harness prints the reason and writes no record."""
-
-
-# impl name -> (python module, pip name, the arena mixer it is matched against)
-CONTENDERS = {
-    "fla": ("fla", "flash-linear-attention", ("gated_deltanet", "mamba2")),
-    "mamba_ssm": ("mamba_ssm", "mamba-ssm", ("mamba", "mamba2")),
-    "mlstm_kernels": ("mlstm_kernels", "mlstm_kernels", ("xlstm",)),
-    "flash_attn": ("flash_attn", "flash-attn", ("attention",)),
-}
-
-
-def build_contender(name: str, row: BenchRow):
-    """The contender module at ``row``'s shapes. STUB: no adapter is written yet; it raises
-    ``ContenderUnavailable`` with a one-line reason (not installed, or no adapter)."""
-    import importlib.util
-
-    module, pip, _ = CONTENDERS[name]
-    if importlib.util.find_spec(module) is None:
-        raise ContenderUnavailable(f"{name} is not installed (pip install {pip})")
-    # TODO(GPU): wrap the public kernel at the row's shapes, causal on, no dtype casts in the timed region.
-    raise ContenderUnavailable(f"{name} is installed but arena has no adapter for it yet")
-
-
 def skip_reason(row: BenchRow) -> str | None:
     """Why ``row`` is not a row at all (no record written), or None."""
     if row.impl in CONTENDERS:
-        if row.mixer not in CONTENDERS[row.impl][2]:
-            return f"{row.impl} has no counterpart of {row.mixer}"
         try:
-            build_contender(row.impl, row)
+            contender_ops(row.impl, row.mixer, torch.device(row.device))
         except ContenderUnavailable as e:
             return str(e)
         return None
@@ -227,14 +198,13 @@ def measure(row: BenchRow, *, warmup: int = 2, reps: int = 5, peaks: dict | None
     metrics, extra, status, error, mem, impl, backend = {}, {}, "ok", "", 0, row.impl, None
     mixer = None
     try:
-        mixer = build_mixer(row.mixer, row.d_model, impl=row.impl, **dict(row.overrides))
-        mixer = mixer.to(device=device, dtype=DTYPES[row.dtype])
-        impl = mixer.impl
+        mixer, impl = _build(row, device, extra)
         backend = getattr(mixer, "backend", None) if row.mixer == "attention" else None
         fn, wl = _workload(mixer, row, device)
         timing = timer_for(device)(fn, warmup=warmup, reps=reps)
         mem, mem_method = peak_memory(fn, device)
-        metrics, extra = _metrics(mixer, row, timing, wl, peaks)
+        metrics, measured = _metrics(mixer, row, timing, wl, peaks)
+        extra.update(measured)
         extra["peak_mem_method"] = mem_method
     except Exception as err:  # noqa: BLE001 -- every failure is a row; the sweep goes on
         status = "oom" if is_oom(err) else "failed"
@@ -256,6 +226,37 @@ def measure(row: BenchRow, *, warmup: int = 2, reps: int = 5, peaks: dict | None
                   metrics=metrics, error=error, git_commit=env["git_commit"], git_dirty=env["git_dirty"],
                   versions=env["versions"], started_at=started, wall_time_s=time.perf_counter() - t0,
                   peak_mem_bytes=mem, extra=_jsonable(extra))
+
+
+# ||fast - reference|| / ||reference|| above which a fast or contender layer is not timed
+AGREEMENT_TOL = {"fp32": 1e-3, "bf16": 5e-2, "fp16": 2e-2}
+
+
+class Disagreement(RuntimeError):
+    """A fast or contender layer whose output is not the reference's: its row gets no time."""
+
+
+def _build(row: BenchRow, device: torch.device, extra: dict):
+    """The layer of ``row`` and the impl its record names. Contenders run arena's layer on its
+    ``auto`` path with the core op swapped (arena.bench_contenders); every layer that is not
+    the reference is first checked against the fp32 reference with the same weights."""
+    contender = row.impl in CONTENDERS
+    mixer = build_mixer(row.mixer, row.d_model, impl="auto" if contender else row.impl, **dict(row.overrides))
+    if contender:
+        mixer.op_overrides = contender_ops(row.impl, row.mixer, device)
+        if row.impl == "flash_attn":
+            mixer.cfg.backend = "flash_attn"
+    mixer = mixer.to(device=device, dtype=DTYPES[row.dtype])
+    extra["layer_impl"] = mixer.impl
+    if mixer.impl != "reference" or contender:
+        reference = build_mixer(row.mixer, row.d_model, impl="reference", **dict(row.overrides))
+        reference.load_state_dict(mixer.state_dict())
+        err = agreement(mixer, reference.to(device=device, dtype=torch.float32), device, DTYPES[row.dtype])
+        extra["agreement_rel_err"] = err
+        if not err <= AGREEMENT_TOL[row.dtype]:
+            raise Disagreement(f"{row.mixer}/{row.impl}: output differs from the fp32 reference by "
+                               f"{err:.2e} > {AGREEMENT_TOL[row.dtype]:.0e} (relative); not timed")
+    return mixer, (row.impl if contender else mixer.impl)
 
 
 def _metrics(mixer, row: BenchRow, timing, wl: dict, peaks: dict | None) -> tuple[dict, dict]:

@@ -146,6 +146,9 @@ def cmd_demo(args) -> int:
     args.executor, args.address, args.retry_failed = "local", None, False
     _sweep(configs, args)
     cmd_leaderboard(argparse.Namespace(results=args.results, task="mqar"))
+    if not args.skip_bench:  # the throughput-versus-length figure of the dashboard
+        print("\narena demo: throughput against sequence length (arena bench --preset cpu, a few minutes)")
+        cmd_bench(build_parser().parse_args(["bench", "--preset", "cpu", "--results", args.results]))
     print(f"\nrecords: {args.results}/   (load them with arena.store.load({args.results!r}))")
     out = args.out or ("dashboards" if args.results == "results" else f"{args.results}/dashboards")
     return cmd_report(argparse.Namespace(results=args.results, out=out))
@@ -324,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     results_opt(p)
     out_opt(p)
 
-    p = add("demo", cmd_demo, "the end-to-end demo: a small MQAR head-to-head of every mixer on this machine")
+    p = add("demo", cmd_demo, "the end-to-end demo: a small MQAR head-to-head of every mixer on this machine, "
+            "then their throughput against sequence length")
     p.add_argument("--workers", type=int, default=2, help="concurrent runs (default 2)")
+    p.add_argument("--skip-bench", action="store_true", help="leave out the throughput benchmark")
     results_opt(p)
     p.add_argument("--out", metavar="DIR", help="the dashboard site (default: dashboards/, or DIR/dashboards "
                    "when --results DIR is given)")

@@ -50,14 +50,22 @@ def test_run_then_leaderboard(tmp_path, capsys):
 def test_sweep_and_demo_run_their_recipe(tmp_path, capsys, monkeypatch):
     import arena.recipes
 
+    from arena import bench
+
     monkeypatch.setattr(arena.recipes, "build_recipe", lambda name, preset="cpu": _tiny_configs())
+    tiny_bench = {**bench.PRESETS["cpu"], "mixers": ("attention",), "lengths": (32, 64), "passes": ("fwd",),
+                  "tokens": 64, "d_model": 32, "warmup": 0, "reps": 1}
+    monkeypatch.setitem(bench.PRESETS, "cpu", tiny_bench)
     assert main(["sweep", "demo", "--results", str(tmp_path / "s"), "--workers", "2"]) == 0
     assert main(["demo", "--results", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     assert "gated_deltanet" in out and "records:" in out
     from arena.store import load
 
-    assert sorted(load(tmp_path / "d")["mixer"]) == ["attention", "gated_deltanet"]
+    assert sorted(load(tmp_path / "d", kind="train")["mixer"]) == ["attention", "gated_deltanet"]
+    throughput = load(tmp_path / "d", kind="bench")
+    assert sorted(throughput["seq_len"]) == [32, 64] and (throughput["tokens_per_s"] > 0).all()
+    assert (tmp_path / "d" / "dashboards" / "throughput.html").is_file()
 
 
 @pytest.mark.parametrize(

@@ -72,11 +72,38 @@ def test_oom_and_failure_become_records_and_the_sweep_goes_on(tmp_path, monkeypa
 
 def test_unavailable_impls_and_contenders_are_skipped_without_records(tmp_path):
     logged = []
-    rows = bench.plan(["gated_deltanet", "xlstm"], ["fla", "mlstm_kernels", "triton"], [64], ["fwd"], **TINY)
+    rows = bench.plan(["gated_deltanet"], ["fla", "mlstm_kernels"], [64], ["fwd"], **TINY)
+    rows += bench.plan(["attention"], ["triton"], [64], ["fwd"], **TINY)
     assert bench.sweep(rows, Store(tmp_path), warmup=0, reps=1, log=logged.append) == []
     text = "\n".join(logged)
-    assert "fla is not installed (pip install flash-linear-attention)" in text
-    assert "mlstm_kernels is not installed" in text and "no counterpart" in text
+    assert "fla runs on CUDA devices only" in text
+    assert "mlstm_kernels has no counterpart of gated_deltanet" in text
+    assert "attention has no 'triton' implementation" in text
+
+
+def _fake_contender(monkeypatch, chunk):
+    """Register contender "fake" for mamba2, whose chunk op is ``chunk``, runnable on CPU."""
+    monkeypatch.setitem(bench.CONTENDERS, "fake", ("fake", {"mamba2": lambda: {"chunk": chunk}}))
+    monkeypatch.setattr(bench, "contender_ops", lambda impl, mixer, device: {"chunk": chunk})
+
+
+def test_a_contender_runs_in_arenas_layer_and_is_checked_against_the_reference(tmp_path, monkeypatch):
+    from kernels.ssd import naive_chunk_ssd
+    _fake_contender(monkeypatch, naive_chunk_ssd)
+    (record,) = bench.sweep(bench.plan(["mamba2"], ["fake"], [64], ["fwd"], **TINY), Store(tmp_path), **QUIET)
+    assert record.status == "ok" and record.impl == "fake"
+    assert record.extra["layer_impl"] == "reference" and record.extra["agreement_rel_err"] < 1e-6
+
+
+def test_a_contender_that_computes_something_else_gets_no_time(tmp_path, monkeypatch):
+    from kernels.ssd import naive_chunk_ssd
+
+    def wrong_decay(x, dt, A, B, C, D=None, **kw):  # a plausible adapter bug: half the decay rate
+        return naive_chunk_ssd(x, dt, A * 0.5, B, C, D, **kw)
+    _fake_contender(monkeypatch, wrong_decay)
+    (record,) = bench.sweep(bench.plan(["mamba2"], ["fake"], [64], ["fwd"], **TINY), Store(tmp_path), **QUIET)
+    assert record.status == "failed" and "differs from the fp32 reference" in record.error
+    assert "tokens_per_s" not in record.metrics
 
 
 def test_cuda_timer_is_chosen_on_cuda():
