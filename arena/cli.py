@@ -50,7 +50,7 @@ def cmd_list(args) -> int:
     for name in MIXERS.names():
         m = build_mixer(name, args.d_model)
         params = sum(p.numel() for p in m.parameters())
-        print(f"  {name:16s} impls: {','.join(type(m).IMPLS):10s} runs here: {m.impl:10s} params {params:>9,d}  "
+        print(f"  {name:16s} impls: {','.join(type(m).IMPLS):17s} runs here: {m.impl:10s} params {params:>9,d}  "
               f"state {m.state_size(args.seq_len):>10,d}  GFLOPs {m.flops(args.seq_len) / 1e9:8.3f}")
         keys = ", ".join(f"{f.name}={getattr(m.cfg, f.name)!r}" for f in dataclasses.fields(m.cfg))
         print(f"  {'':16s} config: {keys}")
