@@ -1,0 +1,190 @@
+"""Chunkwise mLSTM in Triton: ``chunk_mlstm``, the training path (forward and backward).
+
+Same semantics, shapes and dtypes as ``naive_chunk_mlstm`` (``kernels/mlstm/naive.py``); the
+kernels are in ``chunk_fwd.py`` and ``chunk_bwd.py``, the algorithm and its cost in the README's
+Triton section. Per token and head at bf16 (K key, V value dims, chunk L): forward ~``2 (3K + 2V)``
+bytes of activations + ``4 K V / L`` of bf16 states, ``2 K V + 2 L (K + V) + 2 K V`` FLOPs; when
+a gradient is wanted it also writes h in fp32 (``4 V`` bytes) for the backward's ``dh . h``, a sum
+that cancels: taken on the bf16 / fp16 h its rounding could exceed it (dq off by 7e-2 in fp16).
+
+The backward holds every stabiliser m at its forward value inside the kernels; the gradient that
+flows through the max-stabiliser itself (h depends on m through eps and the exp(-m) floor, the
+final state through its m) is a reverse scan with resets over O(B T H) scalars (``chunk_gates.py``):
+``dm_t = -eps (dh_t . h_t) / d_t``, routed back along the recurrence's argmax branches
+(``m_t = max(log f_t + m_{t-1}, i_t)``) to i, f and m_0, as the reference's autograd does.
+Backward launches: prep, reverse states (+ the stabiliser path), dq/dk, dv, gates.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from kernels.mlstm.chunk_bwd import mlstm_bwd_dqk_kernel, mlstm_bwd_dv_kernel, mlstm_bwd_states_kernel
+from kernels.mlstm.chunk_fwd import mlstm_fwd_output_kernel, mlstm_fwd_states_kernel
+from kernels.mlstm.chunk_gates import mlstm_bwd_gates_kernel, mlstm_bwd_prep_kernel
+from kernels.triton_utils import check_device, check_head_shapes
+
+MLSTMState = tuple[Tensor, Tensor, Tensor]
+CHUNK_SIZES = (16, 32, 64, 128)
+_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def _blocks(K: int, V: int) -> tuple[int, int]:
+    """Key / value tile widths: powers of two >= 16 (tl.dot's minimum), at most 64."""
+    p2 = lambda x: max(16, min(64, 1 << (x - 1).bit_length()))  # noqa: E731
+    return p2(K), p2(V)
+
+
+def _flags(dtype: torch.dtype) -> dict:
+    """bf16: tensor-core dots on bf16 operands (fp32's exponent range: stabilised states and
+    dh / d can be large); fp16: tf32 dots (fp16's range would overflow); fp32: exact fp32 dots."""
+    return dict(LOW=dtype == torch.bfloat16, PREC="tf32" if dtype == torch.float16 else "ieee")
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Storage of the per-chunk C and dC between passes: bf16 for bf16 inputs (the passes that
+    read them multiply in bf16 anyway; halves the dominant HBM traffic), else fp32."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
+def _check(q, k, v, i, f, chunk_size, initial_state, scale):
+    check_head_shapes("chunk_mlstm", q, k, v, i=i, f=f)
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"chunk_mlstm: q, k, v must share one dtype of bf16/fp16/fp32, got "
+                        f"{q.dtype}, {k.dtype}, {v.dtype}; cast them (fp64: use naive_chunk_mlstm)")
+    if not (i.is_floating_point() and f.is_floating_point()):
+        raise TypeError(f"chunk_mlstm: gates must be floating point, got {i.dtype}, {f.dtype}")
+    if chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"chunk_mlstm: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size}")
+    if scale <= 0:
+        raise ValueError(f"chunk_mlstm: scale must be > 0, got {scale}")
+    if initial_state is not None:
+        B, _, H, K = q.shape
+        want = ((B, H, K, v.shape[-1]), (B, H, K), (B, H))
+        got = tuple(tuple(s.shape) for s in initial_state)
+        if len(initial_state) != 3 or got != want:
+            raise ValueError(f"chunk_mlstm: initial_state must be (C, n, m) of shapes {want}, got {got}")
+    check_device("chunk_mlstm", q, k, v, i, f, *(initial_state or ()))
+
+
+def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save_h32=False):
+    B, T, H, K = q.shape
+    V, NT = v.shape[-1], _cdiv(T, L)
+    BK, BV = _blocks(K, V)
+    fl = _flags(q.dtype)
+    dev = q.device
+    Cs = torch.empty(B * H, NT + 1, K, V, device=dev, dtype=_state_dtype(q.dtype))
+    CT = torch.empty(B * H, K, V, device=dev, dtype=torch.float32)
+    ns = torch.empty(B * H, NT + 1, K, device=dev, dtype=torch.float32)
+    ms = torch.empty(B * H, NT + 1, device=dev, dtype=torch.float32)
+    has_init = C0 is not None
+    mlstm_fwd_states_kernel[(_cdiv(K, BK), _cdiv(V, BV), B * H)](
+        k, v, i, f, C0 if has_init else Cs, n0 if has_init else ns, m0 if has_init else ms,
+        Cs, ns, ms, CT, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, HAS_INIT=has_init, **fl)
+    h = torch.empty_like(v)
+    # the backward's dh . h cancels: it reads h unrounded (an fp32 copy for bf16 / fp16 inputs)
+    save_h32 = save_h32 and v.dtype != torch.float32
+    h32 = torch.empty(v.shape, device=dev, dtype=torch.float32) if save_h32 else h
+    m_tok, d_tok, den_tok = (torch.empty(B * H, T, device=dev, dtype=torch.float32) for _ in range(3))
+    mlstm_fwd_output_kernel[(_cdiv(V, BV), NT, B * H)](
+        q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den_tok, scale, eps, T, NT,
+        H=H, K=K, V=V, BT=L, BK=BK, BV=BV, SAVE_H32=save_h32, **fl)
+    return h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class ChunkMLSTMFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training):
+        B, _, H, K = q.shape
+        h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok = _forward(q, k, v, i, f, C0, n0, m0, scale, eps,
+                                                                 chunk_size, save_h32=training)
+        nT, mT = (s.view(B, H, *s.shape[1:])[:, :, -1].clone() for s in (ns, ms))
+        CT = CT.view(B, H, K, v.shape[-1])
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok)
+        ctx.cfg = (scale, eps, chunk_size)
+        return h, CT, nT, mT
+
+    @staticmethod
+    def backward(ctx, dh, dCT, dnT, dmT):
+        q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok = ctx.saved_tensors
+        scale, eps, L = ctx.cfg
+        grads = _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
+                          dh, dCT, dnT, dmT, scale, eps, L)
+        return (*grads, None, None, None, None)
+
+
+def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
+              dh, dCT, dnT, dmT, scale, eps, L):
+    B, T, H, K = q.shape
+    V, NT, BH = v.shape[-1], _cdiv(T, L), B * H
+    BK, BV = _blocks(K, V)
+    NK, NV = _cdiv(K, BK), _cdiv(V, BV)
+    fl, dev = _flags(q.dtype), q.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    dh = (torch.zeros_like(h) if dh is None else dh).to(v.dtype).contiguous()
+    has_df = dCT is not None or dnT is not None
+    dCT = torch.zeros(B, H, K, V, **f32) if dCT is None else dCT.float().contiguous()
+    dnT = torch.zeros(B, H, K, **f32) if dnT is None else dnT.float().contiguous()
+    # the final state's pull on its own stabiliser: dm_T - <dC_T, C_T> - <dn_T, n_T>
+    fin = None
+    if has_df or dmT is not None:
+        fin = -(dCT * CT).sum((-1, -2)) - (dnT * ns.view(B, H, NT + 1, K)[:, :, -1]).sum(-1)
+        fin = (fin + dmT.float() if dmT is not None else fin).reshape(BH).contiguous()
+    dden, x_m = torch.empty(BH, T, **f32), torch.empty(BH, T, **f32)
+    mlstm_bwd_prep_kernel[(NT, BH)](h, dh, m_tok, d_tok, den_tok, fin if fin is not None else x_m,
+                                    dden, x_m, eps, T, H=H, V=V, BT=L, BV=BV, HAS_FIN=fin is not None)
+    dCs, dns = torch.empty_like(Cs), torch.empty_like(ns)
+    dC0, dg = torch.empty(BH, K, V, **f32), torch.empty(NK * NV, BH, NT, **f32)
+    Gi, Gf = torch.empty(BH, T, **f32), torch.empty(BH, T, **f32)
+    mlstm_bwd_states_kernel[(NK, NV, BH)](
+        q, i, f, dh, ms, m_tok, d_tok, dden, x_m, Cs, ns, dCT, dnT, dCs, dns, dC0, dg, Gi, Gf,
+        scale, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, HAS_DFINAL=has_df, **fl)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    qdq, kdk, kdw = (torch.empty(NK, BH, T, **f32) for _ in range(3))
+    mlstm_bwd_dqk_kernel[(NK, NT, BH)](
+        q, k, v, i, f, dh, ms, m_tok, d_tok, dden, Cs, ns, dCs, dns, dq, dk, qdq, kdk, kdw, scale, T, NT,
+        H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
+    mlstm_bwd_dv_kernel[(NV, NT, BH)](
+        q, k, i, f, dh, ms, m_tok, d_tok, dCs, dv, scale, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
+    di, df = torch.empty_like(i), torch.empty_like(f)
+    mlstm_bwd_gates_kernel[(NT, BH)](f, qdq, kdk, kdw, dg, Gi, Gf, di, df, T, NT, H=H, BT=L, NK=NK, NKV=NK * NV)
+    dC0_, dn0, dm0 = None, None, None
+    if C0 is not None:
+        dC0_ = dC0.view(B, H, K, V)
+        dn0 = dns.view(B, H, NT + 1, K)[:, :, 0]
+        # m_0 scales the whole initial state (its representation), plus its f-branch path
+        dm0 = ((C0.float() * dC0_).sum((-1, -2)) + (n0.float() * dn0).sum(-1) + Gf[:, 0].view(B, H))
+        dC0_, dn0, dm0 = dC0_.to(C0.dtype), dn0.to(n0.dtype), dm0.to(m0.dtype)
+    return dq, dk, dv, di, df, dC0_, dn0, dm0
+
+
+def chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
+                scale: float | None = None, eps: float = 1e-6, chunk_size: int = 64,
+                initial_state: MLSTMState | None = None,
+                output_final_state: bool = True) -> tuple[Tensor, MLSTMState | None]:
+    """Triton chunkwise mLSTM, the arguments of ``naive_chunk_mlstm``: ``q, k [B, T, H, K]``,
+    ``v [B, T, H, V]`` (one dtype of bf16/fp16/fp32), gate preactivations ``i, f [B, T, H]``,
+    ``initial_state (C [B, H, K, V], n [B, H, K], m [B, H])`` or None (zeros); ``chunk_size`` in
+    16, 32, 64, 128. Returns ``(h [B, T, H, V] in v's dtype, (C, n, m) fp32 or None)``;
+    differentiable w.r.t. q, k, v, i, f and the initial state (backward in Triton)."""
+    B, T, H, K = q.shape
+    scale = K ** -0.5 if scale is None else float(scale)
+    _check(q, k, v, i, f, chunk_size, initial_state, scale)
+    V = v.shape[-1]
+    if T == 0:
+        z = lambda *s: q.new_zeros(s, dtype=torch.float32)  # noqa: E731
+        state = (tuple(s.float() for s in initial_state) if initial_state is not None
+                 else (z(B, H, K, V), z(B, H, K), z(B, H)))
+        return v.new_zeros(B, 0, H, V), (state if output_final_state else None)
+    q, k, v, i, f = (t.contiguous() for t in (q, k, v, i, f))
+    C0 = n0 = m0 = None
+    if initial_state is not None:
+        C0, n0, m0 = (s.contiguous() for s in initial_state)
+    training = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, i, f, C0, n0, m0))
+    h, C, n, m = ChunkMLSTMFunction.apply(q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training)
+    return h, ((C, n, m) if output_final_state else None)
