@@ -15,7 +15,9 @@ Passes (x: ``[B, T, d_model]`` random, parameters and x at ``dtype``):
   (the usual convention: backward = 2x forward);
 - ``prefill``: ``forward`` from ``init_state`` under ``torch.inference_mode`` (what serving runs);
 - ``decode``: the state is prefilled by ``forward`` over T tokens, then the per-token latency
-  of ``step`` from that state (the state is not advanced between reps, so the context stays T);
+  of ``step`` from that state; each rep continues from the state the last one returned (the
+  context grows by the warm-up + reps tokens, a few dozen against T), so attention appends to
+  its cache in place as real decoding does (``architectures/kv_cache.py``);
   tokens/s = B / latency; ``state_bytes`` (per sequence) is recorded: attention's KV cache
   grows with T, the recurrent states do not. FLOPs: ``flops(T + 1) - flops(T)`` (approximate).
 
@@ -185,9 +187,11 @@ def _workload(mixer, row: BenchRow, device):
         x_t = torch.randn(B, d, device=device, dtype=dtype)
     state_bytes = sum(t.numel() * t.element_size() for t in state.values()) // B
 
-    def decode():
+    current = [state]
+
+    def decode():  # each rep continues the sequence, as decoding does
         with torch.inference_mode():
-            return mixer.step(x_t, state)
+            _, current[0] = mixer.step(x_t, current[0])
     return decode, {"state_bytes": state_bytes, "state_elem": max(t.element_size() for t in state.values())}
 
 

@@ -1,4 +1,5 @@
-"""Causal multi-head softmax attention with rotary position embeddings; the state is the KV cache.
+"""Causal multi-head softmax attention with rotary position embeddings; the state is the KV cache,
+which decoding grows in place (``architectures/kv_cache.py``), so a step reads it once.
 
 Backends: flash-attn when installed (CUDA, fp16/bf16), else PyTorch SDPA, else explicit math.
 ``self.backend`` is the backend that runs for the current device and dtype; records read it.
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from architectures import kv_cache
 from architectures.mixer import MIXERS, ImplUnavailableError, Mixer, MixerConfig, State
 
 try:  # optional: benchmarks race it when installed; never required
@@ -94,8 +96,7 @@ class Attention(Mixer):
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         offset = state["k"].shape[2]
         q, k = rotary(q, offset, self.cfg.rope_base), rotary(k, offset, self.cfg.rope_base)
-        k = torch.cat([state["k"].to(k.dtype), k], dim=2)
-        v = torch.cat([state["v"].to(v.dtype), v], dim=2)
+        k, v = kv_cache.append(state["k"], k), kv_cache.append(state["v"], v)
         o = self._attend(q, k, v).transpose(1, 2).reshape(B, T, self.d_model)
         return self.out_proj(o), {"k": k, "v": v}
 

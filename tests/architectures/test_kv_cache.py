@@ -1,0 +1,45 @@
+"""The attention KV cache grows in place while decoding, and never at the expense of a state
+already handed out."""
+import torch
+
+from architectures import kv_cache
+from tests.architectures.tiny import TINY_D_MODEL, tiny_mixer
+
+
+def _prefilled(T: int = 5):
+    mixer = tiny_mixer("attention").eval()
+    with torch.no_grad():
+        _, state = mixer(torch.randn(2, T, TINY_D_MODEL))
+    return mixer, state
+
+
+def test_decoding_appends_without_copying_the_cache():
+    mixer, state = _prefilled()
+    with torch.no_grad():
+        _, state = mixer.step(torch.randn(2, TINY_D_MODEL), state)  # the prefill's exact buffer: one copy
+        buffer, ptr = state["k"]._base, state["k"].data_ptr()
+        for t in range(6):
+            _, state = mixer.step(torch.randn(2, TINY_D_MODEL), state)
+            assert state["k"]._base is buffer and state["k"].data_ptr() == ptr, f"step {t} copied the cache"
+    assert state["k"].shape[2] == 5 + 7 and 2 * mixer.state_size(12) == sum(t.numel() for t in state.values())  # B = 2
+
+
+def test_a_second_step_from_the_same_state_leaves_the_first_branch_intact():
+    mixer, state = _prefilled()
+    x1, x2 = torch.randn(2, TINY_D_MODEL), torch.randn(2, TINY_D_MODEL)
+    with torch.no_grad():
+        y1, s1 = mixer.step(x1, state)
+        kept = {k: v.clone() for k, v in s1.items()}
+        y2, s2 = mixer.step(x2, state)  # beam search: the same state again
+        y1_again, _ = mixer.step(x1, state)
+    assert torch.equal(y1, y1_again) and not torch.equal(y1, y2)
+    for k in s1:
+        assert torch.equal(s1[k], kept[k]), f"the first branch's {k!r} was overwritten"
+
+
+def test_training_concatenates_so_autograd_sees_every_row():
+    cache = torch.randn(1, 2, 3, 4, requires_grad=True)
+    new = torch.randn(1, 2, 1, 4, requires_grad=True)
+    out = kv_cache.append(cache, new)
+    out.sum().backward()
+    assert torch.equal(cache.grad, torch.ones_like(cache)) and torch.equal(new.grad, torch.ones_like(new))
