@@ -6,7 +6,6 @@ a dict of tensors whose first dimension is the batch. See DESIGN.md, "The Mixer 
 from __future__ import annotations
 
 import importlib
-import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, ClassVar
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 
 from arena.registry import Registry, build_config, did_you_mean
 from kernels.dtypes import state_dtype  # noqa: F401  (re-exported for mixers)
+from kernels.triton_utils import interpreting
 
 State = dict[str, Tensor]
 
@@ -40,7 +40,7 @@ def triton_runnable(device: torch.device) -> str | None:
         import triton  # noqa: F401
     except ImportError:
         return "triton is not installed (pip install triton)"
-    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if device.type == "cuda" or interpreting():
         return None
     return f"Triton kernels need a CUDA device, or TRITON_INTERPRET=1 for CPU tensors; got {device}"
 

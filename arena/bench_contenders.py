@@ -13,13 +13,11 @@ dtype's tolerance is recorded as ``failed`` with the error, and gets no speed nu
 """
 from __future__ import annotations
 
-import importlib
-import os
-import sys
-from pathlib import Path
 from typing import Callable
 
 import torch
+
+from kernels.bench_utils import import_contender
 
 
 class ContenderUnavailable(RuntimeError):
@@ -27,20 +25,12 @@ class ContenderUnavailable(RuntimeError):
 
 
 def _import(module: str, attr: str, pip: str):
-    """``module.attr``, or ContenderUnavailable naming the package to install. mamba_ssm's
-    package ``__init__`` imports its compiled CUDA extension, which its Triton ops never use, so
-    an unpacked source tree named by ARENA_MAMBA_SSM_SRC is imported with that init skipped."""
-    src = os.environ.get("ARENA_MAMBA_SSM_SRC")
-    if module.startswith("mamba_ssm.") and src and "mamba_ssm" not in sys.modules:
-        spec = importlib.machinery.ModuleSpec("mamba_ssm", None, is_package=True)
-        package = importlib.util.module_from_spec(spec)
-        package.__path__ = [str(Path(src) / "mamba_ssm")]
-        sys.modules["mamba_ssm"] = package
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except Exception as e:  # noqa: BLE001 - any import failure means "not available here"
-        raise ContenderUnavailable(f"{module}.{attr} unavailable ({type(e).__name__}: {e}); "
-                                   f"pip install {pip}") from None
+    """``module.attr``, or ContenderUnavailable naming the package to install (mamba_ssm from
+    an unpacked source tree too: see ``kernels.bench_utils.import_contender``)."""
+    fn, why = import_contender(module, attr)
+    if fn is None:
+        raise ContenderUnavailable(f"{why}; pip install {pip}")
+    return fn
 
 
 # --- adapters: arena's op signatures (kernels/<op>/naive.py) -> the public kernels -------------

@@ -73,20 +73,6 @@ def import_contender(module: str, attr: str) -> tuple[Callable | None, str]:
         return None, f"{module}.{attr} unavailable: {type(e).__name__}: {e}"
 
 
-def report(rows: list[dict], path: str | None, title: str) -> None:
-    """Print ``rows`` as a markdown table (columns from the first row) and save them as JSON."""
-    print(f"\n## {title}\n")
-    if rows:
-        cols = list(dict.fromkeys(k for r in rows for k in r))
-        print("| " + " | ".join(cols) + " |")
-        print("|" + "---|" * len(cols))
-        for r in rows:
-            print("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({"title": title, "device": device_label(), "rows": rows}, indent=1))
-
-
 def device_label() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 

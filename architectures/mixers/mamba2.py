@@ -25,6 +25,7 @@ from architectures.mixer import MIXERS, Mixer, MixerConfig, State, state_dtype
 from kernels.short_conv import causal_conv1d, causal_conv1d_step
 from kernels.ssd import naive_chunk_ssd, ssd_step
 
+
 @MIXERS.register("mamba2")
 class Mamba2(Mixer):
     @dataclass(kw_only=True)

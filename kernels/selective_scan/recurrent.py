@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.selective_scan.scan_fwd import LOG2E, softplus
+from kernels.selective_scan.scan_fwd import LOG2E, check_inputs, softplus
 from kernels.triton_utils import autotune_configs, check_device
 
 
@@ -59,19 +59,14 @@ def fused_selective_scan_step(u_t, delta_t, A, B_t, C_t, state, D=None, z_t=None
     The new state goes into ``out_state`` when given (``state`` itself is allowed), else into a
     fresh tensor of the state's dtype. Not differentiable (decode)."""
     op = "fused_selective_scan_step"
-    check_device(op, u_t, delta_t, A, B_t, C_t, state, D, z_t, delta_bias, out_state)
-    b, Dch = u_t.shape if u_t.dim() == 2 else (-1, -1)
+    check_device(op, out_state)  # the inputs' devices: check_inputs below
+    if u_t.dim() != 2:
+        raise ValueError(f"{op}: expected u_t, delta_t, z_t [B,D]; got u_t {tuple(u_t.shape)}")
+    # one token is a length-1 scan: the scan's checks, with state as its initial state
+    one = lambda t: t[:, None] if t is not None else None  # noqa: E731
+    check_inputs(op, one(u_t), one(delta_t), A, one(B_t), one(C_t), D, one(z_t), delta_bias, state, 16)
+    b, Dch = u_t.shape
     N = A.shape[-1]
-    if (u_t.dim() != 2 or delta_t.shape != u_t.shape or A.shape != (Dch, N) or B_t.shape != (b, N)
-            or C_t.shape != (b, N) or state.shape != (b, Dch, N)
-            or (z_t is not None and z_t.shape != u_t.shape)):
-        raise ValueError(f"{op}: expected u_t, delta_t, z_t [B,D], A [D,N], B_t/C_t [B,N], state [B,D,N]; "
-                         f"got "
-                         f"u_t {tuple(u_t.shape)}, delta_t {tuple(delta_t.shape)}, A {tuple(A.shape)}, "
-                         f"B_t {tuple(B_t.shape)}, C_t {tuple(C_t.shape)}, state {tuple(state.shape)}")
-    for name, t in (("D", D), ("delta_bias", delta_bias)):
-        if t is not None and t.shape != (Dch,):
-            raise ValueError(f"{op}: expected {name} [D] = [{Dch}]; got {tuple(t.shape)}")
     if out_state is not None and (out_state.shape != state.shape or not out_state.is_contiguous()):
         raise ValueError(f"{op}: out_state must be a contiguous [B,D,N] = {tuple(state.shape)} tensor; "
                          f"got {tuple(out_state.shape)}")
