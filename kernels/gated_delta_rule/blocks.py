@@ -10,6 +10,7 @@ interpreter has no such bug, and there small tiles keep the CPU tests fast.
 from __future__ import annotations
 
 import triton
+import triton.language as tl
 
 from kernels.triton_utils import interpreting
 
@@ -26,3 +27,15 @@ def prune_bv(configs, named_args, **kwargs):
     widest = dot_block(named_args["V"])
     kept = [c for c in configs if c.kwargs.get("BV", 0) <= widest]
     return kept or configs[:1]
+
+
+@triton.jit
+def load_chunk_gamma(gamma, bos, i_h, i_t, T, H: tl.constexpr, BT: tl.constexpr):
+    """``gamma`` (the in-chunk cumulative log decay, [B, T, H] fp32) over chunk ``i_t``, as [BT].
+
+    Rows past T repeat the chunk's last gamma instead of reading as 0: gamma only falls along a
+    chunk, so every causal exp(gamma_r - gamma_j), r >= j, then stays <= 1. A zero there makes
+    exp(0 - gamma_j) overflow to inf once a chunk's decays sum below -88 (T not a multiple of the
+    chunk, strong gates), and inf * 0 in a padded row turns the whole tile NaN."""
+    rows = tl.minimum(i_t * BT + tl.arange(0, BT), T - 1)
+    return tl.load(gamma + (bos + rows) * H + i_h)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gated_delta_rule.blocks import prune_bv
+from kernels.gated_delta_rule.blocks import load_chunk_gamma, prune_bv
 from kernels.triton_utils import autotune_configs
 
 # Two configs, V tiles of 64 (no 32-wide dot: see blocks.py); the [K, 64] fp32 state tile wants
@@ -51,14 +51,13 @@ def gated_delta_rule_fwd_h_kernel(k, u, w, gamma, h, v_new, h0, ht, T, H: tl.con
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
         p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_vn = tl.make_block_ptr(v_new + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
         b_w = tl.load(p_w, boundary_check=(0, 1))                                  # [BT, BK]
         b_vn = tl.load(p_u, boundary_check=(0, 1)).to(tl.float32) \
             - tl.dot(b_w, b_h.to(DT), input_precision=PREC)                       # [BT, BV]
         tl.store(p_vn, b_vn.to(DT), boundary_check=(0, 1))
         i_last = tl.minimum((i_t + 1) * BT, T) - 1
         b_gl = tl.load(gamma + (bos + i_last) * H + i_h)
-        b_gam = tl.load(p_gam, boundary_check=(0,))
+        b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
         m_t = i_t * BT + o_t < T
         b_vd = b_vn * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]  # decay to chunk end
         b_k = tl.load(p_k, boundary_check=(0, 1)).to(DT)                         # [BT, BK]
@@ -95,10 +94,9 @@ def gated_delta_rule_bwd_dh_kernel(q, k, w, gamma, do, dv_local, dv, dh, dht, dh
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_dvl = tl.make_block_ptr(dv_local + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
         i_last = tl.minimum((i_t + 1) * BT, T) - 1
         b_gl = tl.load(gamma + (bos + i_last) * H + i_h)
-        b_gam = tl.load(p_gam, boundary_check=(0,))
+        b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
         m_t = i_t * BT + o_t < T
         b_k = tl.load(p_k, boundary_check=(0, 1)).to(tl.float32)
         b_kd = b_k * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]  # [BT, BK]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gated_delta_rule.blocks import prune_bv
+from kernels.gated_delta_rule.blocks import load_chunk_gamma, prune_bv
 from kernels.triton_utils import autotune_configs
 
 # Two configs each, no dot dimension below 64: on Hopper, Triton 3.6 miscompiles kernels holding
@@ -62,8 +62,7 @@ def gated_delta_rule_fwd_o_kernel(q, k, v_new, h, gamma, o, scale, T, H: tl.cons
         b_k = tl.load(p_k, boundary_check=(0, 1)).to(DT)                        # [BT, BK]
         b_o += tl.dot(b_q, tl.load(p_h, boundary_check=(0, 1)), input_precision=PREC)
         b_s += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-    p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
-    b_gam = tl.load(p_gam, boundary_check=(0,))
+    b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
     b_s = b_s * _causal_decay(b_gam, BT)
     p_vn = tl.make_block_ptr(v_new + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
     b_vn = tl.load(p_vn, boundary_check=(0, 1))                                 # [BT, BV]
@@ -88,8 +87,7 @@ def gated_delta_rule_bwd_dv_local_kernel(q, k, gamma, do, dv_local, scale, T, H:
         b_q = tl.load(p_q, boundary_check=(0, 1)).to(DT)
         b_k = tl.load(p_k, boundary_check=(0, 1)).to(DT)
         b_s += tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
-    p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
-    b_gam = tl.load(p_gam, boundary_check=(0,))
+    b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
     b_s = b_s * _causal_decay_t(b_gam, BT) * scale
     p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
     b_dv = tl.dot(b_s.to(DT), tl.load(p_do, boundary_check=(0, 1)).to(DT), input_precision=PREC)
@@ -132,8 +130,7 @@ def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, dv, gamma, dq, dk,
         b_dq += tl.dot(b_do, b_h, input_precision=PREC)
         b_dk += tl.dot(b_vn, b_dh, input_precision=PREC)
         b_dw += tl.dot(b_dv, b_h, input_precision=PREC)
-    p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
-    b_gam = tl.load(p_gam, boundary_check=(0,))
+    b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
     i_last = tl.minimum((i_t + 1) * BT, T) - 1
     b_gl = tl.load(gamma + (bos + i_last) * H + i_h)
     m_t = i_t * BT + o_t < T

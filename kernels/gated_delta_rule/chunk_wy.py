@@ -18,6 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from kernels.gated_delta_rule.blocks import load_chunk_gamma
 from kernels.triton_utils import autotune_configs
 
 # Two configs each (warps only: the tiles follow from K, V, BT); the solve kernel's 16 x 16 fp32
@@ -141,10 +142,9 @@ def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constex
     bos = i_b.to(tl.int64) * T
     DT = w.dtype.element_ty
     p_b = tl.make_block_ptr(beta + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
-    p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     p_Ai = tl.make_block_ptr(Ai + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
     b_beta = tl.load(p_b, boundary_check=(0,)).to(tl.float32)
-    b_gam = tl.load(p_gam, boundary_check=(0,))
+    b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
     b_Ai = tl.load(p_Ai, boundary_check=(0, 1))                                 # [BT, BT]
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
@@ -174,12 +174,11 @@ def gated_delta_rule_bwd_wy_kernel(k, v, beta, gamma, Ai, dw, du, dk_in, dgam_in
     DT = Ai.dtype.element_ty
     o_t = tl.arange(0, BT)
     p_b = tl.make_block_ptr(beta + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
-    p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     p_Ai = tl.make_block_ptr(Ai + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
     p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     p_dw = tl.make_block_ptr(dw + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     b_beta = tl.load(p_b, boundary_check=(0,)).to(tl.float32)
-    b_gam = tl.load(p_gam, boundary_check=(0,))
+    b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
     b_Ai = tl.load(p_Ai, boundary_check=(0, 1))                                 # [BT, BT]
     b_AiT = tl.trans(b_Ai)
     b_k = tl.load(p_k, boundary_check=(0, 1)).to(tl.float32)                    # [BT, BK]
