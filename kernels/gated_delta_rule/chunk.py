@@ -42,7 +42,7 @@ from kernels.gated_delta_rule.chunk_wy import (
 from kernels.triton_utils import check_device, check_head_shapes
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-MAX_HEAD_DIM = 256
+MAX_KEY_DIM = 256  # the [K, BV] state tile lives in registers; V is tiled (any size)
 
 
 def dot_dtype(*tensors: Tensor) -> torch.dtype:
@@ -71,8 +71,9 @@ def check_inputs(op: str, q, k, v, g, beta, initial_state=None) -> None:
                             f"(use naive_chunk_gated_delta_rule for fp64)")
     B, _, H, K = q.shape
     V = v.shape[-1]
-    if max(K, V) > MAX_HEAD_DIM:
-        raise ValueError(f"{op}: head dims K={K}, V={V}: at most {MAX_HEAD_DIM} (the state tile lives in registers)")
+    if K > MAX_KEY_DIM:
+        raise ValueError(f"{op}: key head dim K={K}: at most {MAX_KEY_DIM} (the [K, BV] state tile lives in "
+                         f"registers; V is tiled and may be any size): use more heads with a smaller K")
     if initial_state is not None and initial_state.shape != (B, H, K, V):
         raise ValueError(f"{op}: initial_state must be [B, H, K, V] = {(B, H, K, V)}; got {tuple(initial_state.shape)}")
 

@@ -63,6 +63,7 @@ CASES = [  # B, T, H, K, V, chunk, gates, h0, dtype, v dtype (None: same)
     # a partial chunk whose decays sum below -88: exp of (padded - real) gamma would overflow
     (1, 40, 2, 16, 16, 64, "near0", True, torch.float32, None),
     (1, 130, 2, 16, 32, 64, "near1", True, torch.float16, None),
+    (1, 33, 1, 16, 144, 16, "near1", True, torch.float32, None),  # V > K, three V tiles (the mixer's V = 2K)
     (1, 63, 2, 16, 16, 16, "near0", True, torch.float32, torch.float16),  # the mixer's mix: q, k fp32
 ]
 
