@@ -87,6 +87,20 @@ def mamba_ssm_ssd() -> dict[str, Callable]:
     return {"chunk": chunk_op, "step": step_op}
 
 
+_GATE_OFF = 1e4  # input gate pre-activation -1e4: exp -> 0; forget pre-activation 1e4: logsigmoid -> 0
+
+
+def _pad_mlstm(q, k, v, i, f, multiple: int):
+    """Pad T up to ``multiple`` with tokens that leave the state exactly as it was (input gate
+    off, forget gate fully open), so the final state is the unpadded one; the padding is timed."""
+    pad = (-q.shape[1]) % multiple
+    if not pad:
+        return q, k, v, i, f
+    zeros = lambda t: torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))  # noqa: E731 - [B, T, H, D]
+    gate = lambda t, value: torch.nn.functional.pad(t, (0, 0, 0, pad), value=value)  # noqa: E731 - [B, T, H]
+    return zeros(q), zeros(k), zeros(v), gate(i, -_GATE_OFF), gate(f, _GATE_OFF)
+
+
 def mlstm_kernels_xl_chunk() -> dict[str, Callable]:
     """mlstm_kernels' [B, H, T, D] layout: the transposes in and out are timed (noted in rows)."""
     xl_chunk = _import("mlstm_kernels.torch.chunkwise.triton_xl_chunk", "mlstm_chunkwise__xl_chunk",
@@ -94,12 +108,15 @@ def mlstm_kernels_xl_chunk() -> dict[str, Callable]:
     step = _import("mlstm_kernels.torch.recurrent.triton_step", "mlstm_recurrent_step__triton", "mlstm_kernels")
 
     def chunk_op(q, k, v, i, f, eps=1e-6, chunk_size=64, initial_state=None, output_final_state=True):
+        T, chunk = q.shape[1], max(chunk_size, 64)
+        # xl_chunk asserts "Sequence length must be divisible by the target chunk size" (H100, 2.0.6)
+        q, k, v, i, f = _pad_mlstm(q, k, v, i, f, chunk)
         heads_first = lambda t: t.transpose(1, 2).contiguous()  # noqa: E731
         C0, n0, m0 = initial_state if initial_state is not None else (None, None, None)
         h, (C, n, m) = xl_chunk(heads_first(q), heads_first(k), heads_first(v), heads_first(i), heads_first(f),
                                 c_initial=C0, n_initial=n0, m_initial=None if m0 is None else m0[..., None],
-                                return_last_states=True, eps=eps, chunk_size=max(chunk_size, 64))
-        return h.transpose(1, 2), ((C, n, m[..., 0]) if output_final_state else None)
+                                return_last_states=True, eps=eps, chunk_size=chunk)
+        return h.transpose(1, 2)[:, :T], ((C, n, m[..., 0]) if output_final_state else None)
 
     def step_op(q, k, v, i, f, state, eps=1e-6):
         C, n, m = state

@@ -29,6 +29,16 @@ def prune_bv(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
+def prune_state_pass(configs, named_args, **kwargs):
+    """``prune_bv``, then the pipeline depth of the state passes (chunk_h): their loop loads
+    [BT, K] tiles of k, w (and q) per stage, so at K = 256 three stages need 254-328 KB of shared
+    memory, over the H100's 227 KB (``python -m kernels.sm90_check gated_delta_rule --K 256``);
+    two stages need 180-221 KB. K <= 128 keeps the three-stage configs."""
+    stages = 3 if named_args["K"] <= 128 else 2
+    kept = [c for c in prune_bv(configs, named_args) if c.num_stages == stages]
+    return kept or configs[:1]
+
+
 @triton.jit
 def load_chunk_gamma(gamma, bos, i_h, i_t, T, H: tl.constexpr, BT: tl.constexpr):
     """``gamma`` (the in-chunk cumulative log decay, [B, T, H] fp32) over chunk ``i_t``, as [BT].

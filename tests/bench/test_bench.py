@@ -150,3 +150,22 @@ def test_run_id_is_a_hash_of_the_row():
     a = BenchRow("mamba2", "reference", 64, "fwd", 4)
     assert a.run_id == BenchRow("mamba2", "reference", 64, "fwd", 4).run_id
     assert a.run_id != BenchRow("mamba2", "reference", 64, "fwd", 8).run_id
+
+
+def test_mlstm_kernels_padding_leaves_outputs_and_state_unchanged():
+    """xl_chunk takes only T divisible by its chunk size: the adapter pads with tokens whose gates leave the state
+    as it was; the reference on the padded inputs gives the same h[:T] and the same final state."""
+    from arena.bench_contenders import _pad_mlstm
+    from kernels.mlstm.naive import naive_chunk_mlstm
+    gen = torch.Generator().manual_seed(0)
+    B, T, H, D = 1, 37, 2, 8
+    q, k, v = (torch.randn(B, T, H, D, generator=gen, dtype=torch.float64) for _ in range(3))
+    i = torch.randn(B, T, H, generator=gen, dtype=torch.float64)
+    f = torch.randn(B, T, H, generator=gen, dtype=torch.float64) + 3
+    padded = _pad_mlstm(q, k, v, i, f, 16)
+    assert padded[0].shape[1] == 48
+    h, state = naive_chunk_mlstm(q, k, v, i, f, chunk_size=16)
+    h_pad, state_pad = naive_chunk_mlstm(*padded, chunk_size=16)
+    torch.testing.assert_close(h_pad[:, :T], h, rtol=0, atol=1e-12)
+    for a, b in zip(state_pad, state):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

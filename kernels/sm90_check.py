@@ -1,0 +1,137 @@
+"""Compile every Triton launch of an op for a Hopper GPU (sm_90) on a machine without one.
+
+``python -m kernels.sm90_check gated_delta_rule --K 256 --V 512`` runs the op's forward and
+backward on CPU tensors with every kernel launch intercepted: each launch (each autotune config
+that survives pruning) is compiled for sm_90 by Triton's own compiler and ptxas, nothing runs,
+and the shared memory each compiled config asks for is checked against the H100's per-block
+limit. A config over the limit fails on the GPU with ``OutOfResources`` at its first launch (seen
+on an H100: Gated DeltaNet at K = 256); this finds it on a CPU, in CI. Register counts need the
+GPU driver and are not checked.
+
+It must run in a fresh process without ``TRITON_INTERPRET`` (the kernels have to be decorated as
+compiled kernels, with all their autotune configs); it sets the variable itself afterwards, only
+so that the ops' device checks accept CPU tensors.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+
+H100_SHARED_BYTES = 232448  # cudaDevAttrMaxSharedMemoryPerBlockOptin on an H100 (227 KiB)
+
+
+@dataclass
+class Compiled:
+    kernel: str
+    config: str
+    shared: int
+
+    @property
+    def fits(self) -> bool:
+        return self.shared <= H100_SHARED_BYTES
+
+
+class _CompileOnlyDriver:
+    """The parts of Triton's CUDA driver that compiling needs, for a machine without a GPU."""
+
+    def __init__(self, capability: int):
+        from triton.backends.compiler import GPUTarget
+        self.target = GPUTarget("cuda", capability, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+
+def intercept(capability: int = 90) -> list[Compiled]:
+    """Make every Triton launch compile (each surviving autotune config) instead of running;
+    the returned list fills up as launches happen."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("kernels.sm90_check: run it in a process without TRITON_INTERPRET=1 "
+                           "(the kernels must be compiled kernels, not interpreted ones)")
+    from triton.runtime import driver
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    driver.set_active(_CompileOnlyDriver(capability))
+    seen: list[Compiled] = []
+    compile_run = JITFunction.run
+
+    def tuned_run(self, *args, **kwargs):
+        kwargs.pop("warmup", None)
+        self.nargs = dict(zip(self.arg_names, args))
+        for cfg in self.prune_configs(kwargs):
+            JITFunction.run(self.fn, *args, warmup=True, **kwargs, **cfg.all_kwargs(), _arena_config=str(cfg))
+        self.nargs = None
+
+    def compile_only_run(self, *args, grid, warmup, _arena_config=None, **kwargs):
+        kernel = compile_run(self, *args, grid=grid, warmup=True, **kwargs)
+        seen.append(Compiled(self.fn.__name__, _arena_config or "single config", kernel.metadata.shared))
+        return kernel
+
+    JITFunction.run = compile_only_run
+    Autotuner.run = tuned_run
+    return seen
+
+
+def _accept_cpu_tensors() -> None:
+    """After the kernels are imported (decorated as compiled kernels): let the ops' device
+    checks accept CPU tensors (``kernels.triton_utils.check_device``). Nothing runs on them."""
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def _gated_delta_rule(a) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from kernels.gated_delta_rule.chunk import chunk_gated_delta_rule
+    _accept_cpu_tensors()
+    B, T, H, K, V = 1, 2 * a.chunk, 1, a.K, a.V
+    q, k = (F.normalize(torch.randn(B, T, H, K), dim=-1).to(torch.bfloat16).requires_grad_() for _ in range(2))
+    v = torch.randn(B, T, H, V, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.full((B, T, H), -0.1, dtype=torch.bfloat16, requires_grad=True)
+    beta = torch.full((B, T, H), 0.5, dtype=torch.bfloat16, requires_grad=True)
+    h0 = torch.zeros(B, H, K, V, requires_grad=True)
+    o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0)
+    (o.float().sum() + s.sum()).backward()
+
+
+OPS = {"gated_delta_rule": _gated_delta_rule}
+
+
+def check(op: str, argv: list[str]) -> list[Compiled]:
+    p = argparse.ArgumentParser(prog=f"kernels.sm90_check {op}")
+    p.add_argument("--K", type=int, default=128)
+    p.add_argument("--V", type=int, default=128)
+    p.add_argument("--chunk", type=int, default=64)
+    a = p.parse_args(argv)
+    seen = intercept()
+    OPS[op](a)
+    return seen
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in OPS:
+        print(f"usage: python -m kernels.sm90_check {{{','.join(OPS)}}} [--K N --V N --chunk N]", file=sys.stderr)
+        return 2
+    rows = check(argv[0], argv[1:])
+    if not rows:
+        print("no Triton launch was intercepted: were the kernels imported before the check?", file=sys.stderr)
+        return 1
+    for r in rows:
+        print(f"{'ok  ' if r.fits else 'OVER'} {r.shared:>7d} B  {r.kernel}  [{r.config}]", flush=True)
+    over = [r for r in rows if not r.fits]
+    print(f"{len(rows)} compiled for sm_90, {len(over)} over the {H100_SHARED_BYTES} B shared-memory limit")
+    return 1 if over else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
