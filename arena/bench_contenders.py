@@ -96,8 +96,8 @@ def _pad_mlstm(q, k, v, i, f, multiple: int):
     pad = (-q.shape[1]) % multiple
     if not pad:
         return q, k, v, i, f
-    zeros = lambda t: torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))  # noqa: E731 - [B, T, H, D]
-    gate = lambda t, value: torch.nn.functional.pad(t, (0, 0, 0, pad), value=value)  # noqa: E731 - [B, T, H]
+    zeros = lambda t: torch.nn.functional.pad(t, (0, 0, 0, 0, 0, pad))  # [B, T, H, D]
+    gate = lambda t, value: torch.nn.functional.pad(t, (0, 0, 0, pad), value=value)  # [B, T, H]
     return zeros(q), zeros(k), zeros(v), gate(i, -_GATE_OFF), gate(f, _GATE_OFF)
 
 
