@@ -17,11 +17,11 @@ MIN_SPARE_ROWS = 16
 
 
 def _buffer_of(cache: Tensor) -> Tensor | None:
-    """The buffer ``cache`` is the leading-rows view of, when it is one."""
-    buf = cache._base
-    if buf is None or buf.dim() != 4 or buf.shape[:2] != cache.shape[:2] or buf.shape[3] != cache.shape[3]:
-        return None
-    if buf.data_ptr() != cache.data_ptr() or buf.stride() != cache.stride():
+    """The buffer ``cache`` is the leading-rows view of, when it is one. The link is an attribute
+    set by ``append`` on the view it returns, not ``Tensor._base``: under ``torch.inference_mode``
+    views have no ``_base``, and every decode step would copy the whole cache."""
+    buf = getattr(cache, "_arena_buffer", None)
+    if buf is None or buf.data_ptr() != cache.data_ptr() or buf.stride() != cache.stride():
         return None
     return buf
 
@@ -41,4 +41,6 @@ def append(cache: Tensor, new: Tensor) -> Tensor:
         buf[:, :, :S] = cache
     buf[:, :, S:S + T] = new
     buf._arena_rows_used = S + T
-    return buf[:, :, :S + T]
+    view = buf[:, :, :S + T]
+    view._arena_buffer = buf
+    return view
