@@ -14,6 +14,9 @@ if not torch.cuda.is_available():
     # the interpreter's tl.associative_scan costs a Python call per element: minutes per case
     from kernels.selective_scan.interp import patch_interpreter_scan
     patch_interpreter_scan()  # a no-op without triton
+    # out-of-bounds lanes a GPU leaves undefined read as NaN here, not as the interpreter's zeros
+    from kernels.interp_poison import poison_undefined_loads
+    poison_undefined_loads()
 
 torch.set_num_threads(2)  # CI has 2 cores; keep runs deterministic and comparable
 

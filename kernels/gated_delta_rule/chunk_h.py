@@ -44,7 +44,7 @@ def gated_delta_rule_fwd_h_kernel(k, u, w, gamma, h, v_new, h0, ht, T, H: tl.con
     b_h = tl.zeros([BK, BV], dtype=tl.float32)                                   # the state tile
     if USE_H0:
         p_h0 = tl.make_block_ptr(h0 + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
-        b_h += tl.load(p_h0, boundary_check=(0, 1)).to(tl.float32)
+        b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     for i_t in range(NT):
         p_h = tl.make_block_ptr(h + ((i_b.to(tl.int64) * NT + i_t) * H + i_h) * K * V, (K, V), (V, 1),
                                 (0, i_v * BV), (BK, BV), (1, 0))
@@ -53,8 +53,8 @@ def gated_delta_rule_fwd_h_kernel(k, u, w, gamma, h, v_new, h0, ht, T, H: tl.con
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
         p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_vn = tl.make_block_ptr(v_new + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_w = tl.load(p_w, boundary_check=(0, 1))                                  # [BT, BK]
-        b_vn = tl.load(p_u, boundary_check=(0, 1)).to(tl.float32) \
+        b_w = tl.load(p_w, boundary_check=(0, 1), padding_option="zero")                                  # [BT, BK]
+        b_vn = tl.load(p_u, boundary_check=(0, 1), padding_option="zero").to(tl.float32) \
             - tl.dot(b_w, b_h.to(DT), input_precision=PREC)                       # [BT, BV]
         tl.store(p_vn, b_vn.to(DT), boundary_check=(0, 1))
         i_last = tl.minimum((i_t + 1) * BT, T) - 1
@@ -62,7 +62,7 @@ def gated_delta_rule_fwd_h_kernel(k, u, w, gamma, h, v_new, h0, ht, T, H: tl.con
         b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
         m_t = i_t * BT + o_t < T
         b_vd = b_vn * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]  # decay to chunk end
-        b_k = tl.load(p_k, boundary_check=(0, 1)).to(DT)                         # [BT, BK]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(DT)                         # [BT, BK]
         b_h = b_h * tl.exp(b_gl) + tl.dot(tl.trans(b_k), b_vd.to(DT), input_precision=PREC)
     if STORE_HT:
         p_ht = tl.make_block_ptr(ht + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
@@ -84,7 +84,7 @@ def gated_delta_rule_bwd_dh_kernel(q, k, w, gamma, do, dv_local, dv, dh, dht, dh
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)                                  # grad of the state
     if USE_DHT:
         p_dht = tl.make_block_ptr(dht + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
-        b_dh += tl.load(p_dht, boundary_check=(0, 1)).to(tl.float32)
+        b_dh += tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     for i_s in range(NT):
         i_t = NT - 1 - i_s
         p_dh = tl.make_block_ptr(dh + ((i_b.to(tl.int64) * NT + i_t) * H + i_h) * K * V, (K, V), (V, 1),
@@ -100,13 +100,13 @@ def gated_delta_rule_bwd_dh_kernel(q, k, w, gamma, do, dv_local, dv, dh, dht, dh
         b_gl = tl.load(gamma + (bos + i_last) * H + i_h)
         b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
         m_t = i_t * BT + o_t < T
-        b_k = tl.load(p_k, boundary_check=(0, 1)).to(tl.float32)
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
         b_kd = b_k * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]  # [BT, BK]
-        b_dv = tl.load(p_dvl, boundary_check=(0, 1)) + tl.dot(b_kd.to(DT), b_dh.to(DT), input_precision=PREC)
+        b_dv = tl.load(p_dvl, boundary_check=(0, 1), padding_option="zero") + tl.dot(b_kd.to(DT), b_dh.to(DT), input_precision=PREC)
         tl.store(p_dv, b_dv, boundary_check=(0, 1))                               # [BT, BV] fp32
-        b_q = tl.load(p_q, boundary_check=(0, 1)).to(tl.float32) * (scale * tl.exp(b_gam))[:, None]
-        b_do = tl.load(p_do, boundary_check=(0, 1)).to(DT)
-        b_w = tl.load(p_w, boundary_check=(0, 1))
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (scale * tl.exp(b_gam))[:, None]
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero").to(DT)
+        b_w = tl.load(p_w, boundary_check=(0, 1), padding_option="zero")
         b_dh = b_dh * tl.exp(b_gl) + tl.dot(tl.trans(b_q.to(DT)), b_do, input_precision=PREC) \
             - tl.dot(tl.trans(b_w), b_dv.to(DT), input_precision=PREC)
     if STORE_DH0:

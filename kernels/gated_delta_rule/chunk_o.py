@@ -58,14 +58,14 @@ def gated_delta_rule_fwd_o_kernel(q, k, v_new, h, gamma, o, scale, T, H: tl.cons
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_h = tl.make_block_ptr(h + ((i_b.to(tl.int64) * NT + i_t) * H + i_h) * K * V, (K, V), (V, 1),
                                 (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0, 1)).to(DT)                        # [BT, BK]
-        b_k = tl.load(p_k, boundary_check=(0, 1)).to(DT)                        # [BT, BK]
-        b_o += tl.dot(b_q, tl.load(p_h, boundary_check=(0, 1)), input_precision=PREC)
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero").to(DT)                        # [BT, BK]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(DT)                        # [BT, BK]
+        b_o += tl.dot(b_q, tl.load(p_h, boundary_check=(0, 1), padding_option="zero"), input_precision=PREC)
         b_s += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
     b_s = b_s * _causal_decay(b_gam, BT)
     p_vn = tl.make_block_ptr(v_new + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-    b_vn = tl.load(p_vn, boundary_check=(0, 1))                                 # [BT, BV]
+    b_vn = tl.load(p_vn, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BV]
     b_o = (b_o * tl.exp(b_gam)[:, None] + tl.dot(b_s.to(DT), b_vn, input_precision=PREC)) * scale
     p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
     tl.store(p_o, b_o.to(o.dtype.element_ty), boundary_check=(0, 1))
@@ -84,13 +84,13 @@ def gated_delta_rule_bwd_dv_local_kernel(q, k, gamma, do, dv_local, scale, T, H:
     for i_k in range(tl.cdiv(K, BK)):
         p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0, 1)).to(DT)
-        b_k = tl.load(p_k, boundary_check=(0, 1)).to(DT)
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero").to(DT)
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(DT)
         b_s += tl.dot(b_k, tl.trans(b_q), input_precision=PREC)
     b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
     b_s = b_s * _causal_decay_t(b_gam, BT) * scale
     p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-    b_dv = tl.dot(b_s.to(DT), tl.load(p_do, boundary_check=(0, 1)).to(DT), input_precision=PREC)
+    b_dv = tl.dot(b_s.to(DT), tl.load(p_do, boundary_check=(0, 1), padding_option="zero").to(DT), input_precision=PREC)
     p_dv = tl.make_block_ptr(dv_local + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
     tl.store(p_dv, b_dv, boundary_check=(0, 1))
 
@@ -119,11 +119,11 @@ def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, dv, gamma, dq, dk,
         p_vn = tl.make_block_ptr(v_new + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_h = tl.load(p_h, boundary_check=(0, 1))                                # [BV, BK]
-        b_dh = tl.load(p_dh, boundary_check=(0, 1))                              # [BV, BK]
-        b_vn = tl.load(p_vn, boundary_check=(0, 1))                              # [BT, BV]
-        b_do = tl.load(p_do, boundary_check=(0, 1)).to(DT)
-        b_dv = tl.load(p_dv, boundary_check=(0, 1)).to(DT)
+        b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")                                # [BV, BK]
+        b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero")                              # [BV, BK]
+        b_vn = tl.load(p_vn, boundary_check=(0, 1), padding_option="zero")                              # [BT, BV]
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero").to(DT)
+        b_dv = tl.load(p_dv, boundary_check=(0, 1), padding_option="zero").to(DT)
         b_hdh += b_h.to(tl.float32) * b_dh.to(tl.float32)
         b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
         b_dst += tl.dot(b_vn, tl.trans(b_do), input_precision=PREC)
@@ -136,8 +136,8 @@ def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, dv, gamma, dq, dk,
     m_t = i_t * BT + o_t < T
     p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
-    b_q = tl.load(p_q, boundary_check=(0, 1)).to(tl.float32)
-    b_k = tl.load(p_k, boundary_check=(0, 1)).to(tl.float32)
+    b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     b_dq = b_dq * (scale * tl.exp(b_gam))[:, None]
     b_dk = b_dk * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]   # state-update path
     # d gamma_C: exp(gamma_C) <h, dh> + sum_j k_j . dk_state_j

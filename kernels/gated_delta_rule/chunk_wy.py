@@ -39,13 +39,13 @@ def gated_delta_rule_fwd_kkt_kernel(k, g, beta, gamma, A, Ai, T, H: tl.constexpr
     p_g = tl.make_block_ptr(g + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     p_b = tl.make_block_ptr(beta + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
-    b_gam = tl.cumsum(tl.load(p_g, boundary_check=(0,)).to(tl.float32), axis=0)   # [BT]
+    b_gam = tl.cumsum(tl.load(p_g, boundary_check=(0,), padding_option="zero").to(tl.float32), axis=0)   # [BT]
     tl.store(p_gam, b_gam, boundary_check=(0,))
-    b_beta = tl.load(p_b, boundary_check=(0,)).to(tl.float32)
+    b_beta = tl.load(p_b, boundary_check=(0,), padding_option="zero").to(tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1)).to(Ai.dtype.element_ty)      # [BT, BK]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(Ai.dtype.element_ty)      # [BT, BK]
         b_A += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     o_t = tl.arange(0, BT)
     m_A = o_t[:, None] > o_t[None, :]
@@ -60,7 +60,7 @@ def gated_delta_rule_fwd_kkt_kernel(k, g, beta, gamma, A, Ai, T, H: tl.constexpr
 def _load16(A, T, H: tl.constexpr, BT: tl.constexpr, row, col):
     """The [16, 16] block of the fp32 A scratch at (row, col) (rows past T read as 0)."""
     p = tl.make_block_ptr(A, (T, BT), (H * BT, 1), (row, col), (16, 16), (1, 0))
-    return tl.load(p, boundary_check=(0, 1))
+    return tl.load(p, boundary_check=(0, 1), padding_option="zero")
 
 
 @triton.jit
@@ -143,19 +143,19 @@ def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constex
     DT = w.dtype.element_ty
     p_b = tl.make_block_ptr(beta + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     p_Ai = tl.make_block_ptr(Ai + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
-    b_beta = tl.load(p_b, boundary_check=(0,)).to(tl.float32)
+    b_beta = tl.load(p_b, boundary_check=(0,), padding_option="zero").to(tl.float32)
     b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
-    b_Ai = tl.load(p_Ai, boundary_check=(0, 1))                                 # [BT, BT]
+    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BT]
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        b_kb = tl.load(p_k, boundary_check=(0, 1)).to(tl.float32) * (b_beta * tl.exp(b_gam))[:, None]
+        b_kb = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (b_beta * tl.exp(b_gam))[:, None]
         b_w = tl.dot(b_Ai, b_kb.to(DT), input_precision=PREC)                 # [BT, BK]
         tl.store(p_w, b_w.to(DT), boundary_check=(0, 1))
     for i_v in range(tl.cdiv(V, BV)):
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_vb = tl.load(p_v, boundary_check=(0, 1)).to(tl.float32) * b_beta[:, None]
+        b_vb = tl.load(p_v, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_beta[:, None]
         b_u = tl.dot(b_Ai, b_vb.to(DT), input_precision=PREC)                 # [BT, BV]
         tl.store(p_u, b_u.to(DT), boundary_check=(0, 1))
 
@@ -177,14 +177,14 @@ def gated_delta_rule_bwd_wy_kernel(k, v, beta, gamma, Ai, dw, du, dk_in, dgam_in
     p_Ai = tl.make_block_ptr(Ai + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
     p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     p_dw = tl.make_block_ptr(dw + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
-    b_beta = tl.load(p_b, boundary_check=(0,)).to(tl.float32)
+    b_beta = tl.load(p_b, boundary_check=(0,), padding_option="zero").to(tl.float32)
     b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
-    b_Ai = tl.load(p_Ai, boundary_check=(0, 1))                                 # [BT, BT]
+    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BT]
     b_AiT = tl.trans(b_Ai)
-    b_k = tl.load(p_k, boundary_check=(0, 1)).to(tl.float32)                    # [BT, BK]
+    b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(tl.float32)                    # [BT, BK]
     b_bg = b_beta * tl.exp(b_gam)
     b_kbg = b_k * b_bg[:, None]
-    b_dw = tl.load(p_dw, boundary_check=(0, 1)).to(DT)
+    b_dw = tl.load(p_dw, boundary_check=(0, 1), padding_option="zero").to(DT)
     b_dAi = tl.dot(b_dw, tl.trans(b_kbg.to(DT)), input_precision=PREC)          # [BT, BT]
     b_dAit = tl.dot(b_kbg.to(DT), tl.trans(b_dw), input_precision=PREC)         # dAi^T, own dot (below)
     b_dkbg = tl.dot(b_AiT, b_dw, input_precision=PREC)                          # [BT, BK]
@@ -195,8 +195,8 @@ def gated_delta_rule_bwd_wy_kernel(k, v, beta, gamma, Ai, dw, du, dk_in, dgam_in
         p_v = tl.make_block_ptr(v + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_du = tl.make_block_ptr(du + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        b_v = tl.load(p_v, boundary_check=(0, 1)).to(tl.float32)                # [BT, BV]
-        b_du = tl.load(p_du, boundary_check=(0, 1)).to(DT)
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero").to(tl.float32)                # [BT, BV]
+        b_du = tl.load(p_du, boundary_check=(0, 1), padding_option="zero").to(DT)
         b_vb = (b_v * b_beta[:, None]).to(DT)
         b_dAi += tl.dot(b_du, tl.trans(b_vb), input_precision=PREC)
         b_dAit += tl.dot(b_vb, tl.trans(b_du), input_precision=PREC)
@@ -220,12 +220,12 @@ def gated_delta_rule_bwd_wy_kernel(k, v, beta, gamma, Ai, dw, du, dk_in, dgam_in
     b_dAA = b_dAG * b_beta[:, None]                                             # dA * A
     b_dgam += tl.sum(b_dAA, 1) - tl.sum(b_dAA, 0)
     p_dgi = tl.make_block_ptr(dgam_in + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
-    b_dgam += tl.load(p_dgi, boundary_check=(0,))
+    b_dgam += tl.load(p_dgi, boundary_check=(0,), padding_option="zero")
     # dg_s = sum_{r >= s} dgamma_r inside the chunk
     b_dg = tl.sum(tl.where(o_t[None, :] >= o_t[:, None], b_dgam[None, :], 0.), 1)
     p_dki = tl.make_block_ptr(dk_in + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
     p_dk = tl.make_block_ptr(dk + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
-    b_dk += tl.load(p_dki, boundary_check=(0, 1))
+    b_dk += tl.load(p_dki, boundary_check=(0, 1), padding_option="zero")
     tl.store(p_dk, b_dk.to(dk.dtype.element_ty), boundary_check=(0, 1))
     p_db = tl.make_block_ptr(dbeta + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     p_dg = tl.make_block_ptr(dg + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))

@@ -84,8 +84,8 @@ def mlstm_bwd_states_kernel(q, i, f, dh, ms, m_tok, d_tok, dden, x_m, Cs, ns, dC
         b_alpha = tl.where(m_t, scale * tl.exp(b_b + m_c - b_m), 0.0)   # [BT]
         p_q = tl.make_block_ptr(q + qk_base, (T, K), (H * K, 1), (i_c * BT, i_k * BK), (BT, BK), (1, 0))
         p_dh = tl.make_block_ptr(dh + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-        b_qa = tl.load(p_q, boundary_check=(0, 1)).to(tl.float32) * b_alpha[:, None]   # [BT, BK]
-        b_dnum = tl.load(p_dh, boundary_check=(0, 1)).to(tl.float32) / b_d[:, None]   # [BT, BV]
+        b_qa = tl.load(p_q, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_alpha[:, None]   # [BT, BK]
+        b_dnum = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero").to(tl.float32) / b_d[:, None]   # [BT, BV]
         if LOW:
             b_upd = tl.dot(tl.trans(b_qa.to(dh.dtype.element_ty)), b_dnum.to(dh.dtype.element_ty))
         else:
@@ -137,8 +137,8 @@ def mlstm_bwd_dqk_kernel(q, k, v, i, f, dh, ms, m_tok, d_tok, dden, Cs, ns, dCs,
         m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
         p_v = tl.make_block_ptr(v + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
         p_dh = tl.make_block_ptr(dh + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-        b_v = tl.load(p_v, boundary_check=(0, 1))                 # [BT, BV]
-        b_dnum = tl.load(p_dh, boundary_check=(0, 1)).to(tl.float32) / b_d[:, None]
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                 # [BT, BV]
+        b_dnum = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero").to(tl.float32) / b_d[:, None]
         o_kv = o_k[:, None] * V + o_v[None, :]
         b_C = tl.load(Cs + s_idx * K * V + o_kv, mask=m_kv, other=0.0)          # [BK, BV]
         b_dCn = tl.load(dCs + (s_idx + 1) * K * V + o_kv, mask=m_kv, other=0.0)  # [BK, BV]
@@ -159,8 +159,8 @@ def mlstm_bwd_dqk_kernel(q, k, v, i, f, dh, ms, m_tok, d_tok, dden, Cs, ns, dCs,
     b_dP = (b_dS + b_dden[:, None]) * b_D * scale                # [BT, BT], 0 above the diagonal
     p_q = tl.make_block_ptr(q + qk_base, (T, K), (H * K, 1), (i_c * BT, i_k * BK), (BT, BK), (1, 0))
     p_k = tl.make_block_ptr(k + qk_base, (T, K), (H * K, 1), (i_c * BT, i_k * BK), (BT, BK), (1, 0))
-    b_q = tl.load(p_q, boundary_check=(0, 1))
-    b_k = tl.load(p_k, boundary_check=(0, 1))
+    b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+    b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
     if LOW:
         b_dq = tl.dot(b_dP.to(b_k.dtype), b_k)
         b_dk = tl.dot(tl.trans(b_dP.to(b_q.dtype)), b_q)
@@ -210,8 +210,8 @@ def mlstm_bwd_dv_kernel(q, k, i, f, dh, ms, m_tok, d_tok, dCs, dv, scale, T, NT,
         o_k = i_k * BK + tl.arange(0, BK)
         p_q = tl.make_block_ptr(q + qk_base, (T, K), (H * K, 1), (i_c * BT, i_k * BK), (BT, BK), (1, 0))
         p_k = tl.make_block_ptr(k + qk_base, (T, K), (H * K, 1), (i_c * BT, i_k * BK), (BT, BK), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0, 1))
-        b_k = tl.load(p_k, boundary_check=(0, 1))
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
         b_dCn = tl.load(dCs + (s_idx + 1) * K * V + o_k[:, None] * V + o_v[None, :],
                         mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0)  # [BK, BV]
         if LOW:
@@ -223,7 +223,7 @@ def mlstm_bwd_dv_kernel(q, k, i, f, dh, ms, m_tok, d_tok, dCs, dv, scale, T, NT,
     b_S = b_P * b_D * scale                                        # [BT, BT]
     b_d = tl.load(d_tok + i_bh.to(tl.int64) * T + o_t, mask=m_t, other=1.0)
     p_dh = tl.make_block_ptr(dh + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-    b_dnum = tl.load(p_dh, boundary_check=(0, 1)).to(tl.float32) / b_d[:, None]   # [BT, BV]
+    b_dnum = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero").to(tl.float32) / b_d[:, None]   # [BT, BV]
     if LOW:
         b_dv = tl.dot(tl.trans(b_S.to(dh.dtype.element_ty)), b_dnum.to(dh.dtype.element_ty))
     else:

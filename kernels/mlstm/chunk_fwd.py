@@ -111,8 +111,8 @@ def mlstm_fwd_states_kernel(k, v, i, f, C0, n0, m0, Cs, ns, ms, CT, T, NT,
                                 (i_c * BT, i_k * BK), (BT, BK), (1, 0))
         p_v = tl.make_block_ptr(v + (i_b.to(tl.int64) * T * H + i_h) * V, (T, V), (H * V, 1),
                                 (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1))                 # [BT, BK]
-        b_v = tl.load(p_v, boundary_check=(0, 1))                 # [BT, BV]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")                 # [BT, BK]
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                 # [BT, BV]
         b_kw = b_k.to(tl.float32) * b_w[:, None]
         b_decay = tl.exp(b_g + b_m - b_mn)
         if LOW:   # bf16 / fp16 tensor-core operands, fp32 accumulation
@@ -154,8 +154,8 @@ def mlstm_fwd_output_kernel(q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den
         o_k = i_k * BK + tl.arange(0, BK)
         p_q = tl.make_block_ptr(q + qk_base, (T, K), (H * K, 1), (i_c * BT, i_k * BK), (BT, BK), (1, 0))
         p_k = tl.make_block_ptr(k + qk_base, (T, K), (H * K, 1), (i_c * BT, i_k * BK), (BT, BK), (1, 0))
-        b_q = tl.load(p_q, boundary_check=(0, 1))                 # [BT, BK]
-        b_k = tl.load(p_k, boundary_check=(0, 1))                 # [BT, BK]
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")                 # [BT, BK]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")                 # [BT, BK]
         b_C = tl.load(Cs + s_idx * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0)  # [BK, BV]
         b_n = tl.load(ns + s_idx * K + o_k, mask=o_k < K, other=0.0)             # [BK]
@@ -169,7 +169,7 @@ def mlstm_fwd_output_kernel(q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den
     b_S = b_P * _intra_decay(b_b, b_i, b_m, o_t, BT) * scale      # [BT, BT]
     b_alpha = scale * tl.exp(b_b + m_c - b_m)                      # [BT], <= scale
     p_v = tl.make_block_ptr(v + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-    b_v = tl.load(p_v, boundary_check=(0, 1))                     # [BT, BV]
+    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                     # [BT, BV]
     if LOW:
         b_num = b_alpha[:, None] * b_qC + tl.dot(b_S.to(b_v.dtype), b_v)
     else:

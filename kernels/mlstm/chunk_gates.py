@@ -39,8 +39,8 @@ def mlstm_bwd_prep_kernel(h, dh, m_tok, d_tok, den_tok, fin, dden, x_m, eps, T,
     for i_v in range(tl.cdiv(V, BV)):
         p_h = tl.make_block_ptr(h + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
         p_dh = tl.make_block_ptr(dh + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-        b_h = tl.load(p_h, boundary_check=(0, 1)).to(tl.float32)     # [BT, BV]
-        b_dh = tl.load(p_dh, boundary_check=(0, 1)).to(tl.float32)
+        b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero").to(tl.float32)     # [BT, BV]
+        b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
         b_dhh += tl.sum(b_h * b_dh, 1)
     o_tok = i_bh.to(tl.int64) * T + o_t
     b_m = tl.load(m_tok + o_tok, mask=m_t, other=0.0)

@@ -60,7 +60,7 @@ def ssd_bwd_dh_kernel(dy, Cm, cs, dht, dh, dh0, T, NT, SMALL_GRID,
     b_dh = tl.zeros([BP, BN], dtype=tl.float32)  # [BP, BN]
     if HAS_DHT:
         p_dht = tl.make_block_ptr(dht + i_bh.to(tl.int64) * P * N, (P, N), (N, 1), (i_p * BP, i_n * BN), (BP, BN), (1, 0))
-        b_dh = tl.load(p_dht, boundary_check=(0, 1)).to(tl.float32)
+        b_dh = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     for i_t in range(NT - 1, -1, -1):
         p_dh = tl.make_block_ptr(dh + ((i_b64 * NT + i_t) * H + i_h) * P * N, (P, N), (N, 1),
                                  (i_p * BP, i_n * BN), (BP, BN), (1, 0))
@@ -70,8 +70,8 @@ def ssd_bwd_dh_kernel(dy, Cm, cs, dht, dh, dh0, T, NT, SMALL_GRID,
         b_last = tl.load(cs + i_bh.to(tl.int64) * T + tl.minimum(i_t * BT + BT, T) - 1)
         p_dy = tl.make_block_ptr(dy + (i_b64 * T * H + i_h) * P, (T, P), (H * P, 1), (i_t * BT, i_p * BP), (BT, BP), (1, 0))
         p_C = tl.make_block_ptr(Cm + (i_b64 * T * G + i_g) * N, (T, N), (G * N, 1), (i_t * BT, i_n * BN), (BT, BN), (1, 0))
-        b_dy = tl.load(p_dy, boundary_check=(0, 1))  # [BT, BP]
-        b_C = tl.load(p_C, boundary_check=(0, 1))  # [BT, BN]
+        b_dy = tl.load(p_dy, boundary_check=(0, 1), padding_option="zero")  # [BT, BP]
+        b_C = tl.load(p_C, boundary_check=(0, 1), padding_option="zero")  # [BT, BN]
         b_dyw = (b_dy.to(tl.float32) * tl.exp(b_cs)[:, None]).to(b_C.dtype)
         b_dh = b_dh * tl.exp(b_last) + tl.dot(tl.trans(b_dyw), b_C, input_precision=PREC)
     if STORE_DH0:
@@ -112,8 +112,8 @@ def ssd_bwd_dv_kernel(x, dt, A, Bm, Cm, D, dy, cs, h, dh, dx, ddt, dA, dD, T, NT
     st_off = ((i_b64 * NT + i_t) * H + i_h) * P * N
     p_x = tl.make_block_ptr(x + xy_off, (T, P), (H * P, 1), (i_t * BT, 0), (BT, BP), (1, 0))
     p_dy = tl.make_block_ptr(dy + xy_off, (T, P), (H * P, 1), (i_t * BT, 0), (BT, BP), (1, 0))
-    b_dy = tl.load(p_dy, boundary_check=(0, 1))  # [BT, BP]
-    b_xf = tl.load(p_x, boundary_check=(0, 1)).to(tl.float32)  # [BT, BP]
+    b_dy = tl.load(p_dy, boundary_check=(0, 1), padding_option="zero")  # [BT, BP]
+    b_xf = tl.load(p_x, boundary_check=(0, 1), padding_option="zero").to(tl.float32)  # [BT, BP]
     b_vf = b_xf * b_dt[:, None]  # v = dt x, fp32 for the d cs row sums
     b_v = b_vf.to(b_dy.dtype)
     b_BC = tl.zeros([BT, BT], dtype=tl.float32)  # [s, l] B_s . C_l
@@ -126,10 +126,10 @@ def ssd_bwd_dv_kernel(x, dt, A, Bm, Cm, D, dy, cs, h, dh, dx, ddt, dA, dD, T, NT
         p_C = tl.make_block_ptr(Cm + bc_off, (T, N), (G * N, 1), (i_t * BT, i_n * BN), (BT, BN), (1, 0))
         p_hT = tl.make_block_ptr(h + st_off, (N, P), (1, N), (i_n * BN, 0), (BN, BP), (0, 1))
         p_dhT = tl.make_block_ptr(dh + st_off, (N, P), (1, N), (i_n * BN, 0), (BN, BP), (0, 1))
-        b_B = tl.load(p_B, boundary_check=(0, 1))  # [BT, BN]
-        b_C = tl.load(p_C, boundary_check=(0, 1))  # [BT, BN]
-        b_hT = tl.load(p_hT, boundary_check=(0, 1))  # [BN, BP]
-        b_dhT = tl.load(p_dhT, boundary_check=(0, 1))  # [BN, BP]
+        b_B = tl.load(p_B, boundary_check=(0, 1), padding_option="zero")  # [BT, BN]
+        b_C = tl.load(p_C, boundary_check=(0, 1), padding_option="zero")  # [BT, BN]
+        b_hT = tl.load(p_hT, boundary_check=(0, 1), padding_option="zero")  # [BN, BP]
+        b_dhT = tl.load(p_dhT, boundary_check=(0, 1), padding_option="zero")  # [BN, BP]
         b_BC += tl.dot(b_B, tl.trans(b_C), input_precision=PREC)
         b_Bdh += tl.dot(b_B, b_dhT.to(b_B.dtype), input_precision=PREC)
         b_Ch += tl.dot(b_C, b_hT.to(b_C.dtype), input_precision=PREC)
@@ -185,8 +185,8 @@ def ssd_bwd_dbc_kernel(x, dt, Bm, Cm, dy, cs, h, dh, dB, dC, T, NT, BATCH,
     bc_off = (i_b64 * T * G + i_g) * N
     p_B = tl.make_block_ptr(Bm + bc_off, (T, N), (G * N, 1), (i_t * BT, i_n * BN), (BT, BN), (1, 0))
     p_C = tl.make_block_ptr(Cm + bc_off, (T, N), (G * N, 1), (i_t * BT, i_n * BN), (BT, BN), (1, 0))
-    b_B = tl.load(p_B, boundary_check=(0, 1))  # [BT, BN]
-    b_C = tl.load(p_C, boundary_check=(0, 1))  # [BT, BN]
+    b_B = tl.load(p_B, boundary_check=(0, 1), padding_option="zero")  # [BT, BN]
+    b_C = tl.load(p_C, boundary_check=(0, 1), padding_option="zero")  # [BT, BN]
     m_causal = (o_t[:, None] >= o_t[None, :]) & m_t[:, None]
     b_dB = tl.zeros([BT, BN], dtype=tl.float32)
     b_dC = tl.zeros([BT, BN], dtype=tl.float32)
@@ -202,18 +202,18 @@ def ssd_bwd_dbc_kernel(x, dt, Bm, Cm, dy, cs, h, dh, dB, dC, T, NT, BATCH,
         st_off = ((i_b64 * NT + i_t) * H + i_h) * P * N
         p_h = tl.make_block_ptr(h + st_off, (P, N), (N, 1), (0, i_n * BN), (BP, BN), (1, 0))
         p_dh = tl.make_block_ptr(dh + st_off, (P, N), (N, 1), (0, i_n * BN), (BP, BN), (1, 0))
-        b_x = tl.load(p_x, boundary_check=(0, 1))  # [BT, BP]
-        b_dy = tl.load(p_dy, boundary_check=(0, 1))  # [BT, BP]
+        b_x = tl.load(p_x, boundary_check=(0, 1), padding_option="zero")  # [BT, BP]
+        b_dy = tl.load(p_dy, boundary_check=(0, 1), padding_option="zero")  # [BT, BP]
         b_v = (b_x.to(tl.float32) * b_dt[:, None]).to(b_x.dtype)
         b_L = tl.exp(tl.where(m_causal, b_cs[:, None] - b_cs[None, :], float("-inf")))  # [l, s], exponent <= 0
         b_M = (tl.dot(b_dy, tl.trans(b_v), input_precision=PREC) * b_L).to(b_B.dtype)  # [l, s] (dy_l . v_s) L
         # row scales go on the left operands, so every product accumulates in place (acc=)
         b_dyw = (b_dy.to(tl.float32) * tl.exp(b_cs)[:, None]).to(b_dy.dtype)
         b_vw = (b_x.to(tl.float32) * (b_dt * tl.exp(b_last - b_cs))[:, None]).to(b_x.dtype)
-        b_h = tl.load(p_h, boundary_check=(0, 1)).to(b_dy.dtype)  # [BP, BN]
+        b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero").to(b_dy.dtype)  # [BP, BN]
         b_dC = tl.dot(b_dyw, b_h, acc=b_dC, input_precision=PREC)
         b_dC = tl.dot(b_M, b_B, acc=b_dC, input_precision=PREC)
-        b_dh = tl.load(p_dh, boundary_check=(0, 1)).to(b_v.dtype)  # [BP, BN]
+        b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero").to(b_v.dtype)  # [BP, BN]
         b_dB = tl.dot(b_vw, b_dh, acc=b_dB, input_precision=PREC)
         b_dB = tl.dot(tl.trans(b_M), b_C, acc=b_dB, input_precision=PREC)
     d_off = ((i_s.to(tl.int64) * BATCH + i_b64) * T * G + i_g) * N  # dB, dC: [NS, B, T, G, N]

@@ -51,7 +51,7 @@ def ssd_fwd_h_kernel(x, dt, A, Bm, h, h0, ht, cs, T, NT, SMALL_GRID,
     b_h = tl.zeros([BP, BN], dtype=tl.float32)  # [BP, BN] the running state, fp32 always
     if HAS_H0:
         p_h0 = tl.make_block_ptr(h0 + i_bh.to(tl.int64) * P * N, (P, N), (N, 1), (i_p * BP, i_n * BN), (BP, BN), (1, 0))
-        b_h = tl.load(p_h0, boundary_check=(0, 1)).to(tl.float32)
+        b_h = tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     first = (i_p == 0) & (i_n == 0)  # one program per (b, h) writes the cumsum
     for i_t in range(NT):
         if STORE_H:
@@ -66,8 +66,8 @@ def ssd_fwd_h_kernel(x, dt, A, Bm, h, h0, ht, cs, T, NT, SMALL_GRID,
         b_last = tl.sum(tl.where(o_t == BT - 1, b_cs, 0.), 0)
         p_x = tl.make_block_ptr(x + (i_b64 * T * H + i_h) * P, (T, P), (H * P, 1), (i_t * BT, i_p * BP), (BT, BP), (1, 0))
         p_B = tl.make_block_ptr(Bm + (i_b64 * T * G + i_g) * N, (T, N), (G * N, 1), (i_t * BT, i_n * BN), (BT, BN), (1, 0))
-        b_x = tl.load(p_x, boundary_check=(0, 1))  # [BT, BP]
-        b_B = tl.load(p_B, boundary_check=(0, 1))  # [BT, BN]
+        b_x = tl.load(p_x, boundary_check=(0, 1), padding_option="zero")  # [BT, BP]
+        b_B = tl.load(p_B, boundary_check=(0, 1), padding_option="zero")  # [BT, BN]
         b_w = b_dt * tl.exp(b_last - b_cs)  # [BT] input weight decayed to the chunk end, exponent <= 0
         b_xw = (b_x.to(tl.float32) * b_w[:, None]).to(b_x.dtype)
         b_h = b_h * tl.exp(b_last) + tl.dot(tl.trans(b_xw), b_B, input_precision=PREC)
@@ -105,10 +105,10 @@ def ssd_fwd_o_kernel(x, dt, Bm, Cm, D, h, cs, y, T, NT,
     x_base = x + (i_b64 * T * H + i_h) * P
     bc_off = (i_b64 * T * G + i_g) * N
     p_C = tl.make_block_ptr(Cm + bc_off, (T, N), (G * N, 1), (r0, 0), (BL, BN), (1, 0))
-    b_C = tl.load(p_C, boundary_check=(0, 1))  # [BL, BN], whole d_state
+    b_C = tl.load(p_C, boundary_check=(0, 1), padding_option="zero")  # [BL, BN], whole d_state
     # state -> output: exp(cs_l) C_l h_c^T, h read as its transpose [N, P]
     p_hT = tl.make_block_ptr(h + ((i_b64 * NT + i_t) * H + i_h) * P * N, (N, P), (1, N), (0, 0), (BN, BP), (0, 1))
-    b_hT = tl.load(p_hT, boundary_check=(0, 1)).to(b_C.dtype)  # [BN, BP]
+    b_hT = tl.load(p_hT, boundary_check=(0, 1), padding_option="zero").to(b_C.dtype)  # [BN, BP]
     b_acc = tl.dot(b_C, b_hT, input_precision=PREC) * tl.exp(b_csl)[:, None]  # [BL, BP]
     # diagonal block: causal (C B^T) * exp(cs_l - cs_s) @ (dt x), source blocks of this chunk up to the row block
     for j in range(i_l + 1):
@@ -119,8 +119,8 @@ def ssd_fwd_o_kernel(x, dt, Bm, Cm, D, h, cs, y, T, NT,
         b_dts = tl.load(dt + (i_b64 * T + o_s) * H + i_h, mask=m_s, other=0.).to(tl.float32)
         p_B = tl.make_block_ptr(Bm + bc_off, (T, N), (G * N, 1), (s0, 0), (BL, BN), (1, 0))
         p_xs = tl.make_block_ptr(x_base, (T, P), (H * P, 1), (s0, 0), (BL, BP), (1, 0))
-        b_B = tl.load(p_B, boundary_check=(0, 1))  # [BL, BN]
-        b_xs = tl.load(p_xs, boundary_check=(0, 1))  # [BL, BP]
+        b_B = tl.load(p_B, boundary_check=(0, 1), padding_option="zero")  # [BL, BN]
+        b_xs = tl.load(p_xs, boundary_check=(0, 1), padding_option="zero")  # [BL, BP]
         b_CB = tl.dot(b_C, tl.trans(b_B), input_precision=PREC)  # [BL, BL]
         m_c = (o_l[:, None] >= o_s[None, :]) & m_s[None, :]
         b_L = tl.exp(tl.where(m_c, b_csl[:, None] - b_css[None, :], float("-inf")))  # exponent <= 0
@@ -128,7 +128,7 @@ def ssd_fwd_o_kernel(x, dt, Bm, Cm, D, h, cs, y, T, NT,
         b_acc += tl.dot((b_CB * b_L).to(b_xs.dtype), b_v, input_precision=PREC)
     p_x = tl.make_block_ptr(x_base, (T, P), (H * P, 1), (r0, 0), (BL, BP), (1, 0))
     if HAS_D:
-        b_acc += tl.load(D + i_h).to(tl.float32) * tl.load(p_x, boundary_check=(0, 1)).to(tl.float32)
+        b_acc += tl.load(D + i_h).to(tl.float32) * tl.load(p_x, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     p_y = tl.make_block_ptr(y + (i_b64 * T * H + i_h) * P, (T, P), (H * P, 1), (r0, 0), (BL, BP), (1, 0))
     tl.store(p_y, b_acc.to(p_y.dtype.element_ty), boundary_check=(0, 1))
 
