@@ -6,7 +6,8 @@ run_id = hash of the row config; a row already ``ok`` in the store is skipped, s
 resumes; use a new ``--results`` directory to measure again). ``arena.store.load`` gives the
 columns ``mixer, impl, device, status, seq_len, batch_size, pass, tokens_per_s, time_ms,
 time_ms_spread, first_call_ms, tflops, gbps, compute_frac, memory_frac, roofline_frac,
-peak_mem_bytes`` (and more; see ``_record``).
+peak_mem_bytes`` (and more; see ``_record``). A row that kills the process (an abort inside
+a compiler) is recorded as ``failed`` (``extra.crashed``) by the next sweep and then skipped.
 
 Passes (x: ``[B, T, d_model]`` random, parameters and x at ``dtype``):
 
@@ -224,12 +225,52 @@ def measure(row: BenchRow, *, warmup: int = 2, reps: int = 5, peaks: dict | None
                      mixer_config=mixer.cfg.to_dict())
     except Exception:  # noqa: BLE001, S110 -- no mixer was built (or a broken one): sizes left out
         pass
+    return _record(row, status, error, started=started, wall_time_s=time.perf_counter() - t0, impl=impl,
+                   backend=backend, metrics=metrics, mem=mem, extra=extra)
+
+
+def _record(row: BenchRow, status: str, error: str, *, started: str, wall_time_s: float, impl: str,
+            backend=None, metrics=None, mem=0, extra=None) -> Record:
     env = _environment()
     return Record(run_id=row.run_id, kind="bench", status=status, task="bench", mixer=row.mixer, impl=impl,
-                  device=device_name(device), seed=0, attention_backend=backend, config=row.to_dict(),
-                  metrics=metrics, error=error, git_commit=env["git_commit"], git_dirty=env["git_dirty"],
-                  versions=env["versions"], started_at=started, wall_time_s=time.perf_counter() - t0,
-                  peak_mem_bytes=mem, extra=_jsonable(extra))
+                  device=device_name(torch.device(row.device)), seed=0, attention_backend=backend,
+                  config=row.to_dict(), metrics=metrics or {}, error=error, git_commit=env["git_commit"],
+                  git_dirty=env["git_dirty"], versions=env["versions"], started_at=started,
+                  wall_time_s=wall_time_s, peak_mem_bytes=mem, extra=_jsonable(extra or {}))
+
+
+# --- rows that kill the process ------------------------------------------------------------------
+# An abort inside a compiler or driver (seen: mlstm_kernels' first compile hits an LLVM assertion
+# under Triton 3.6 on an H100) ends the process, not just the row. Each row leaves a marker in
+# <results>/bench_inflight/ while it is measured; the next sweep turns a marker it finds into a
+# ``failed`` record with ``extra.crashed`` and skips that row from then on (``--retry-crashed``).
+INFLIGHT_DIR = "bench_inflight"
+CRASH_ERROR = ("the process died while measuring this row (an abort inside a compiler or driver, a "
+               "segfault, or a kill); `arena bench ... --retry-crashed` measures it again")
+
+
+def _row_from(cfg: dict) -> BenchRow:
+    cfg = dict(cfg)
+    cfg["pass_"], cfg["overrides"] = cfg.pop("pass"), tuple(sorted(cfg["overrides"].items()))
+    return BenchRow(**cfg)
+
+
+def record_crashes(store: Store, log=print) -> int:
+    """Turn the markers an earlier, dead sweep left into ``failed`` records; their number."""
+    markers = sorted((store.root / INFLIGHT_DIR).glob("*.json"))
+    for marker in markers:
+        row = _row_from(json.loads(marker.read_text()))
+        if store.status_of(row.run_id, "bench") != "ok":
+            store.write(_record(row, "failed", CRASH_ERROR, started=utc_now(), wall_time_s=0.0, impl=row.impl,
+                                extra={"crashed": True}))
+            log(f"{row.mixer}/{row.impl} {row.pass_} T={row.seq_len}: crashed an earlier sweep, recorded as failed")
+        marker.unlink()
+    return len(markers)
+
+
+def crashed_before(store: Store, row: BenchRow) -> bool:
+    attempts = store.attempts(row.run_id, "bench")
+    return bool(attempts) and attempts[-1].status != "ok" and bool((attempts[-1].extra or {}).get("crashed"))
 
 
 # ||fast - reference|| / ||reference|| above which a fast or contender layer is not timed
@@ -300,10 +341,13 @@ def _jsonable(value):
 
 
 def sweep(rows: list[BenchRow], store: Store, *, warmup: int = 2, reps: int = 5, roofline_path=None,
-          log=print) -> list[Record]:
+          log=print, retry_crashed: bool = False) -> list[Record]:
     """Measure every row not yet ``ok`` in ``store``; skipped rows (no such impl, contender not
-    installed) are printed with the reason and write nothing."""
+    installed) are printed with the reason and write nothing; a row that crashed an earlier sweep
+    is skipped unless ``retry_crashed``."""
     written, peaks_by, skipped = [], {}, set()
+    record_crashes(store, log)
+    inflight = store.root / INFLIGHT_DIR
     for i, row in enumerate(rows, 1):
         label = f"[{i}/{len(rows)}] {row.mixer}/{row.impl} {row.pass_} T={row.seq_len} B={row.batch_size}"
         why = skip_reason(row)
@@ -315,11 +359,18 @@ def sweep(rows: list[BenchRow], store: Store, *, warmup: int = 2, reps: int = 5,
         if store.status_of(row.run_id, "bench") == "ok":
             log(f"{label}: already in the store, skipped")
             continue
+        if not retry_crashed and crashed_before(store, row):
+            log(f"{label}: crashed an earlier sweep, skipped (--retry-crashed measures it again)")
+            continue
         key = (row.device, row.dtype)
         if key not in peaks_by:
             peaks_by[key] = _peaks(row, roofline_path, log)
+        inflight.mkdir(parents=True, exist_ok=True)
+        marker = inflight / f"{row.run_id}.json"
+        marker.write_text(json.dumps(row.to_dict()))
         record = measure(row, warmup=warmup, reps=reps, peaks=peaks_by[key])
         store.write(record)
+        marker.unlink()
         written.append(record)
         if record.status == "ok":
             m = record.metrics

@@ -187,7 +187,7 @@ def cmd_bench(args) -> int:
         print(f"arena bench: {len(rows)} rows on {device} ({opts['dtype']}, d_model {opts['d_model']}, "
               f"{torch.get_num_threads()} threads) -> {args.results}/")
         records = bench.sweep(rows, Store(args.results), warmup=opts["warmup"], reps=opts["reps"],
-                              roofline_path=args.roofline_cache)
+                              roofline_path=args.roofline_cache, retry_crashed=args.retry_crashed)
         print(f"{sum(r.status == 'ok' for r in records)} ok, {sum(r.status != 'ok' for r in records)} not ok")
     if args.write_baseline:
         path = write_baseline(args.results, args.write_baseline, str(device), opts["dtype"])
@@ -351,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, help="untimed calls after the first (timed apart) call")
     p.add_argument("--reps", type=int, help="timed calls (median and IQR)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--retry-crashed", action="store_true",
+                   help="measure again the rows that killed an earlier sweep's process (skipped by default)")
     p.add_argument("--roofline-cache", metavar="FILE", help="the roofline cache "
                    "(default $ARENA_ROOFLINE_CACHE or ~/.cache/arena/roofline-<device>.json)")
     p.add_argument("--compare", metavar="BASELINE.json", help="exit 2 when a row of the store is slower than the baseline")

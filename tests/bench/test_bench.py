@@ -169,3 +169,42 @@ def test_mlstm_kernels_padding_leaves_outputs_and_state_unchanged():
     torch.testing.assert_close(h_pad[:, :T], h, rtol=0, atol=1e-12)
     for a, b in zip(state_pad, state):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+_ABORTING_SWEEP = """
+import os, sys
+from arena import bench
+from arena.store import Store
+bench.contender_ops = lambda impl, mixer, device: {"chunk": lambda *a, **k: os.abort()}
+bench.CONTENDERS["fake"] = ("fake", {"mamba2": None})
+rows = bench.plan(["mamba2"], ["reference", "fake"], [64], ["fwd"], **TINY)
+bench.sweep(rows, Store(sys.argv[1]), warmup=0, reps=1)
+"""
+
+
+def test_a_row_that_kills_the_process_is_recorded_by_the_next_sweep_and_then_skipped(tmp_path, monkeypatch):
+    """A child process whose contender op aborts (as an LLVM assertion inside Triton does): the
+    rows before it keep their records; the next sweep records the dead row as failed (crashed)
+    and skips it, unless asked to retry."""
+    import subprocess
+    import sys
+    script = f"TINY = {TINY!r}\n" + _ABORTING_SWEEP
+    child = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                           check=False, timeout=300)
+    assert child.returncode == -6, child.stdout + child.stderr  # SIGABRT, after the reference row
+    store = Store(tmp_path)
+    assert [r.impl for r in store.records("bench")] == ["reference"]
+    rows = bench.plan(["mamba2"], ["reference", "fake"], [64], ["fwd"], **TINY)
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a crashed row was measured again")
+    _fake_contender(monkeypatch, must_not_run)
+    lines = []
+    assert bench.sweep(rows, store, warmup=0, reps=1, log=lines.append) == []  # reference ok; fake crashed
+    (crashed,) = [r for r in store.records("bench") if r.impl == "fake"]
+    assert crashed.status == "failed" and crashed.extra["crashed"] and "retry-crashed" in crashed.error
+    assert any("crashed an earlier sweep, skipped" in line for line in lines)
+    assert not list((tmp_path / bench.INFLIGHT_DIR).glob("*.json"))
+    from kernels.ssd import naive_chunk_ssd
+    _fake_contender(monkeypatch, naive_chunk_ssd)
+    (again,) = bench.sweep(rows, store, warmup=0, reps=1, log=lines.append, retry_crashed=True)
+    assert again.impl == "fake" and again.status == "ok"
