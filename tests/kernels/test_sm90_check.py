@@ -14,8 +14,10 @@ import pytest
 pytest.importorskip("triton")
 
 
-def _run_check(*args: str) -> subprocess.CompletedProcess:
+def _run_check(*args: str, interpret: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
     return subprocess.run([sys.executable, "-m", "kernels.sm90_check", *args], capture_output=True, text=True,
                           check=False, env=env, timeout=600)
 
@@ -31,7 +33,5 @@ def test_gated_delta_rule_kernels_fit_h100_shared_memory_at_k256():
 
 
 def test_refuses_to_run_under_the_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-m", "kernels.sm90_check", "gated_delta_rule"], capture_output=True, check=False,
-                         text=True, env=env, timeout=120)
+    out = _run_check("gated_delta_rule", interpret=True)
     assert out.returncode != 0 and "without TRITON_INTERPRET" in out.stderr
