@@ -29,7 +29,7 @@ from kernels.mlstm.chunk_fwd import _chunk_gates, _configs, _intra_decay
 from kernels.mlstm.chunk_gates import _stabiliser_path
 
 
-@triton.autotune(configs=_configs(sequential=True), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=_configs(sequential=True), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
 @triton.jit
 def mlstm_bwd_states_kernel(q, i, f, dh, ms, m_tok, d_tok, dden, x_m, Cs, ns, dCT, dnT, dCs, dns, dC0,
                             dg, Gi, Gf,
@@ -112,7 +112,7 @@ def _chunk_weights(i, f, ms, m_tok, i_b, i_h, i_bh, i_c, T, NT, H: tl.constexpr,
     return o_t, m_t, b_D, b_alpha, b_w, s_idx
 
 
-@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
 @triton.jit
 def mlstm_bwd_dqk_kernel(q, k, v, i, f, dh, ms, m_tok, d_tok, dden, Cs, ns, dCs, dns,
                          dq, dk, qdq, kdk, kdw, scale, T, NT, H: tl.constexpr, K: tl.constexpr,
@@ -192,7 +192,7 @@ def mlstm_bwd_dqk_kernel(q, k, v, i, f, dh, ms, m_tok, d_tok, dden, Cs, ns, dCs,
     tl.store(kdw + o_part, tl.sum(b_kf * b_dks, 1), mask=m_t)
 
 
-@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
 @triton.jit
 def mlstm_bwd_dv_kernel(q, k, i, f, dh, ms, m_tok, d_tok, dCs, dv, scale, T, NT,
                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,

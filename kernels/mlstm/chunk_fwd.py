@@ -73,7 +73,7 @@ def _configs(sequential: bool = False):
     return autotune_configs([triton.Config({}, num_warps=w, num_stages=s) for w, s in ws])
 
 
-@triton.autotune(configs=_configs(sequential=True), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=_configs(sequential=True), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
 @triton.jit
 def mlstm_fwd_states_kernel(k, v, i, f, C0, n0, m0, Cs, ns, ms, CT, T, NT,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
@@ -129,7 +129,7 @@ def mlstm_fwd_states_kernel(k, v, i, f, C0, n0, m0, Cs, ns, ms, CT, T, NT,
             tl.store(ms + s_base + NT, b_m)
 
 
-@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"])
+@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
 @triton.jit
 def mlstm_fwd_output_kernel(q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den_tok, scale, eps,
                             T, NT, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,

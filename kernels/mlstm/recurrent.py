@@ -30,7 +30,7 @@ def _gate_step(i, f, o_g, b_m):
 
 # restore_value: autotuning runs the kernel several times, and out_state may alias the state
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 2, 8)]),
-                 key=["K", "V", "BV"], restore_value=["C_out", "n_out", "m_out"])
+                 key=["K", "V", "BV"], cache_results=True, restore_value=["C_out", "n_out", "m_out"])
 @triton.jit
 def mlstm_step_kernel(q, k, v, i, f, C, n, m, h, C_out, n_out, m_out, scale, eps, NSPLIT,
                       K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
@@ -62,7 +62,7 @@ def mlstm_step_kernel(q, k, v, i, f, C, n, m, h, C_out, n_out, m_out, scale, eps
 
 
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 2, 8)]),
-                 key=["K", "V", "BV"])
+                 key=["K", "V", "BV"], cache_results=True)
 @triton.jit
 def mlstm_recurrent_kernel(q, k, v, i, f, C0, n0, m0, h, CT, nT, mT, scale, eps, T,
                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,

@@ -19,7 +19,7 @@ from kernels.triton_utils import autotune_configs, check_device
 
 @triton.autotune(configs=autotune_configs([triton.Config({"BD": bd}, num_warps=w)
                                            for bd, w in ((64, 4), (32, 2), (128, 4), (16, 1))]),
-                 key=["Dch", "N"], restore_value=["h_out"])  # h_out may be h: autotuning must not step twice
+                 key=["Dch", "N"], cache_results=True, restore_value=["h_out"])  # h_out may be h: autotuning must not step twice
 @triton.jit
 def selective_scan_step_kernel(u, delta, A, B, C, D, z, delta_bias, h, h_out, y, Dch,
                                N: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr,

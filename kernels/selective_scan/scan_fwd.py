@@ -115,7 +115,7 @@ FWD_CONFIGS = [(8, 4, False), (16, 8, True), (32, 8, True), (16, 4, False)]
 
 @triton.autotune(configs=autotune_configs([triton.Config({"BD": bd, "N_MAJOR": nm}, num_warps=w)
                                            for bd, w, nm in FWD_CONFIGS]),
-                 key=["Dch", "N", "BT", "SAVE_STATES"])
+                 key=["Dch", "N", "BT", "SAVE_STATES"], cache_results=True)
 @triton.jit
 def selective_scan_fwd_kernel(u, delta, A, B, C, D, z, delta_bias, h0, y, ht, hc, T, Dch,
                               N: tl.constexpr, BN: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,

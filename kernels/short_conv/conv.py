@@ -216,8 +216,8 @@ _FWD_CONFIGS = [triton.Config({"BT": bt, "BC": bc}, num_warps=nw)
                 for bt, bc, nw in [(32, 128, 4), (16, 256, 4), (64, 64, 4), (32, 256, 8)]]
 _BWD_CONFIGS = [triton.Config({"BT": bt, "BC": bc}, num_warps=nw)
                 for bt, bc, nw in [(16, 64, 4), (16, 128, 8), (32, 64, 8), (8, 128, 4)]]
-_fwd_tuned = triton.autotune(autotune_configs(_FWD_CONFIGS), key=["C", "W", "SILU"])(short_conv_fwd_kernel)
-_bwd_tuned = triton.autotune(autotune_configs(_BWD_CONFIGS), key=["C", "W", "SILU"])(short_conv_bwd_kernel)
+_fwd_tuned = triton.autotune(autotune_configs(_FWD_CONFIGS), key=["C", "W", "SILU"], cache_results=True)(short_conv_fwd_kernel)
+_bwd_tuned = triton.autotune(autotune_configs(_BWD_CONFIGS), key=["C", "W", "SILU"], cache_results=True)(short_conv_bwd_kernel)
 
 _BWD_ROW_QUANTUM = 128  # split lengths are multiples of every BT in _BWD_CONFIGS
 _BWD_TARGET_PROGRAMS = 1024  # ~8 resident programs per H100 SM at BC = 128

@@ -43,7 +43,7 @@ from kernels.triton_utils import autotune_configs
         triton.Config({"BP": 64, "BN": 64}, num_warps=8, num_stages=2),
         triton.Config({"BP": 32, "BN": 32}, num_warps=4, num_stages=2),
     ]),
-    key=["SMALL_GRID", "P", "N", "BT"],
+    key=["SMALL_GRID", "P", "N", "BT"], cache_results=True,
 )
 @triton.jit
 def ssd_bwd_dh_kernel(dy, Cm, cs, dht, dh, dh0, T, NT, SMALL_GRID,
@@ -86,7 +86,7 @@ def ssd_bwd_dh_kernel(dy, Cm, cs, dht, dh, dh0, T, NT, SMALL_GRID,
         triton.Config({"BN": 32}, num_warps=8, num_stages=1),
         triton.Config({"BN": 32}, num_warps=8, num_stages=2),
     ]),
-    key=["P", "N", "BT"],
+    key=["P", "N", "BT"], cache_results=True,
 )
 @triton.jit
 def ssd_bwd_dv_kernel(x, dt, A, Bm, Cm, D, dy, cs, h, dh, dx, ddt, dA, dD, T, NT,
@@ -166,7 +166,7 @@ def ssd_bwd_dv_kernel(x, dt, A, Bm, Cm, D, dy, cs, h, dh, dx, ddt, dA, dD, T, NT
         triton.Config({}, num_warps=8, num_stages=1),
         triton.Config({}, num_warps=8, num_stages=2),
     ]),
-    key=["P", "N", "BT", "BN", "RS"],
+    key=["P", "N", "BT", "BN", "RS"], cache_results=True,
 )
 @triton.jit
 def ssd_bwd_dbc_kernel(x, dt, Bm, Cm, dy, cs, h, dh, dB, dC, T, NT, BATCH,

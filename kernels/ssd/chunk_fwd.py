@@ -32,7 +32,7 @@ from kernels.triton_utils import autotune_configs
         triton.Config({"BP": 64, "BN": 64}, num_warps=8, num_stages=2),
         triton.Config({"BP": 32, "BN": 32}, num_warps=4, num_stages=2),
     ]),
-    key=["SMALL_GRID", "P", "N", "BT"],
+    key=["SMALL_GRID", "P", "N", "BT"], cache_results=True,
 )
 @triton.jit
 def ssd_fwd_h_kernel(x, dt, A, Bm, h, h0, ht, cs, T, NT, SMALL_GRID,
@@ -84,7 +84,7 @@ def ssd_fwd_h_kernel(x, dt, A, Bm, h, h0, ht, cs, T, NT, SMALL_GRID,
         triton.Config({"BLM": 64}, num_warps=8, num_stages=1),
         triton.Config({"BLM": 64}, num_warps=8, num_stages=2),
     ]),
-    key=["P", "N", "BT"],
+    key=["P", "N", "BT"], cache_results=True,
 )
 @triton.jit
 def ssd_fwd_o_kernel(x, dt, Bm, Cm, D, h, cs, y, T, NT,
