@@ -46,3 +46,18 @@ def test_training_concatenates_so_autograd_sees_every_row():
     out = kv_cache.append(cache, new)
     out.sum().backward()
     assert torch.equal(cache.grad, torch.ones_like(cache)) and torch.equal(new.grad, torch.ones_like(new))
+
+
+@pytest.mark.parametrize("T", [1, 3])  # one decoded token (no mask) and a chunk after the cache (bottom-right)
+def test_cache_continuation_agrees_between_sdpa_and_math(T):
+    torch.manual_seed(0)
+    sdpa = tiny_mixer("attention", backend="sdpa").double()
+    math = tiny_mixer("attention", backend="math").double()
+    math.load_state_dict(sdpa.state_dict())
+    x = torch.randn(2, 7 + T, TINY_D_MODEL, dtype=torch.float64)
+    with torch.no_grad():
+        whole, _ = math(x)
+        for mixer in (sdpa, math):
+            _, state = mixer(x[:, :7])
+            tail, _ = mixer(x[:, 7:], state)
+            torch.testing.assert_close(tail, whole[:, 7:], rtol=1e-12, atol=1e-12)
