@@ -25,6 +25,8 @@ EXAMPLES = {
               "      --batch-policy tokens --tokens 32k --dtype fp32 --d-model 256 --results my_results\n"
               "  arena bench --preset gpu --results results_gpu --write-baseline gpu_baseline.json\n"
               "  arena bench --compare gpu_baseline.json --threshold 10% --results results_gpu"),
+    "determinism": ("arena determinism gated_deltanet --d-model 128 --batch 128 --seq-len 256\n"
+                    "  TRITON_INTERPRET=1 arena determinism mamba2 --d-model 32 --batch 2 --seq-len 40   # CPU"),
     "niah": ("arena niah results/checkpoints/RUN_ID.safetensors --lengths 512,1k --depths 0,0.5,1\n"
              "  arena niah --hf /path/to/local/hf-model --variant multikey --values uuids"),
     "eval": ("arena eval results/checkpoints/RUN_ID.safetensors\n"
@@ -206,6 +208,28 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_determinism(args) -> int:
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        raise UsageError("no CUDA device: the Triton kernels need one, or TRITON_INTERPRET=1 (small shapes) to "
+                         "check the code around them on the CPU")
+    from architectures.mixer import ImplUnavailableError
+    from arena.determinism import check, mixer_run
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        run = mixer_run(args.mixer, args.d_model, args.batch, args.seq_len, device)
+    except ImplUnavailableError as err:
+        raise UsageError(f"{err}. arena determinism checks Triton kernels: pick a mixer that has them "
+                         f"(arena list shows each mixer's implementations)") from err
+    report = check(run, reps=args.reps)
+    print(f"{args.mixer} d_model {args.d_model}, B {args.batch}, T {args.seq_len}, {device}:\n{report}")
+    return 0 if report.deterministic and report.finite_with_nan_fill else 1
+
+
 def cmd_eval(args) -> int:
     import time
     from pathlib import Path
@@ -359,6 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", default="10%", help="slowdown tolerated by --compare (default 10%%)")
     p.add_argument("--write-baseline", metavar="FILE", help="write the store's ok rows as a baseline file")
     results_opt(p)
+
+    p = add("determinism", cmd_determinism, "is a mixer's impl='triton' forward + backward bitwise the same on "
+            "identical inputs? names the first kernel launch that differs")
+    p.add_argument("mixer", help="a mixer with Triton kernels (arena list shows them)")
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--reps", type=int, default=4, help="runs compared with the first (default 4)")
 
     p = sub.add_parser("niah", add_help=False, help="RULER-style text needle-in-a-haystack on a checkpoint or a "
                        "local Hugging Face model (arena niah --help for its options)")
