@@ -67,6 +67,21 @@ def zoology_mqar(preset: str = "cpu") -> list[RunConfig]:
                 mixer_overrides=CPU_MIXER_OVERRIDES, optim=dict(max_steps=1000, batch_size=64, eval_every=250))
 
 
+@RECIPES.register("mqar_small")
+def mqar_small(preset: str = "cpu") -> list[RunConfig]:
+    """A short head-to-head for checking a machine or an executor: MQAR, every core mixer at
+    d_model 64 and 128, two seeds (20 runs). ``gpu``: Zoology's (256 tokens, 16 pairs, V 8192),
+    800 steps at batch 128, about ten seconds a run on an H200 once the kernels are compiled.
+    ``cpu``: (64 tokens, 4 pairs, V 512), 300 steps at batch 32."""
+    if _preset(preset) == "gpu":
+        setting = dict(seq_len=256, num_kv_pairs=16, num_train_examples=20_000, num_test_examples=1000)
+        return grid("mqar", d_models=(64, 128), seeds=(0, 1), lrs=(2.2e-3,), mlp=False, settings=[setting],
+                    optim=dict(max_steps=800, batch_size=128, eval_every=200))
+    setting = dict(vocab_size=512, seq_len=64, num_kv_pairs=4, num_train_examples=5000, num_test_examples=500)
+    return grid("mqar", d_models=(64, 128), seeds=(0, 1), lrs=(3e-3,), mlp=False, settings=[setting],
+                mixer_overrides=CPU_MIXER_OVERRIDES, optim=dict(max_steps=300, batch_size=32, eval_every=100))
+
+
 @RECIPES.register("selective_copying")
 def selective_copying(preset: str = "cpu") -> list[RunConfig]:
     """The Mamba paper's selective copying (Gu & Dao 2023, Sec. 4.1.1): 2 layers, d_model 64.

@@ -18,7 +18,10 @@ Executors:
   torch using every core, so runs never fight over cores and a run's thread count (and with it
   its last bits) does not depend on the sweep's width. With ``workers=N > 1`` (CPU or GPU)
   each worker gets ``cores // N`` threads (``OMP_NUM_THREADS``, unless already set); CPU
-  results are bit-identical between sweeps run with the same thread count. A worker that
+  results are bit-identical between sweeps run with the same thread count. On GPUs they are
+  bit-identical across workers, GPUs of one model and executors wherever the mixer's kernels
+  are deterministic (``arena determinism MIXER`` checks; tuned Triton configs are cached on disk,
+  so every worker runs the same ones). A worker that
   dies without writing a record (a signal, a segfault, the OOM killer) is started again, at
   most twice; after that the sweep writes a ``failed`` record with the worker's last output.
   A worker that wrote a record (even ``failed``) is never started again.

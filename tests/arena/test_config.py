@@ -6,7 +6,7 @@ import json
 import pytest
 
 from arena.config import RunConfig, apply_overrides
-from arena.recipes import RECIPES, build_recipe
+from arena.recipes import CORE_MIXERS, RECIPES, build_recipe
 from arena.registry import ConfigError, UnknownNameError
 
 
@@ -87,3 +87,11 @@ def test_every_recipe_builds_distinct_runs():
             assert runs and len({r.run_id for r in runs}) == len(runs), (name, preset)
     with pytest.raises(UnknownNameError, match="Did you mean 'zoology_mqar'"):
         build_recipe("zoology")
+
+
+def test_mqar_small_is_every_core_mixer_at_two_widths_and_two_seeds():
+    for preset in ("cpu", "gpu"):
+        runs = build_recipe("mqar_small", preset)
+        grid = {(r.model.mixer, r.model.d_model, r.seed) for r in runs}
+        assert len(runs) == len(grid) == 20
+        assert {m for m, _, _ in grid} == set(CORE_MIXERS) and {d for _, d, _ in grid} == {64, 128}
