@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 H100_SHARED_BYTES = 232448  # cudaDevAttrMaxSharedMemoryPerBlockOptin on an H100 (227 KiB)
@@ -27,6 +28,7 @@ class Compiled:
     kernel: str
     config: str
     shared: int
+    seconds: float  # compile time here (ptxas included); 0 when Triton's cache already held it
 
     @property
     def fits(self) -> bool:
@@ -72,8 +74,10 @@ def intercept(capability: int = 90) -> list[Compiled]:
         self.nargs = None
 
     def compile_only_run(self, *args, grid, warmup, _arena_config=None, **kwargs):
+        t0 = time.perf_counter()
         kernel = compile_run(self, *args, grid=grid, warmup=True, **kwargs)
-        seen.append(Compiled(self.fn.__name__, _arena_config or "single config", kernel.metadata.shared))
+        seen.append(Compiled(self.fn.__name__, _arena_config or "single config", kernel.metadata.shared,
+                             time.perf_counter() - t0))
         return kernel
 
     JITFunction.run = compile_only_run
@@ -94,10 +98,12 @@ def _gated_delta_rule(a) -> None:
     from kernels.gated_delta_rule.chunk import chunk_gated_delta_rule
     _accept_cpu_tensors()
     B, T, H, K, V = 1, 2 * a.chunk, 1, a.K, a.V
-    q, k = (F.normalize(torch.randn(B, T, H, K), dim=-1).to(torch.bfloat16).requires_grad_() for _ in range(2))
-    v = torch.randn(B, T, H, V, dtype=torch.bfloat16, requires_grad=True)
-    g = torch.full((B, T, H), -0.1, dtype=torch.bfloat16, requires_grad=True)
-    beta = torch.full((B, T, H), 0.5, dtype=torch.bfloat16, requires_grad=True)
+    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
+    qk = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.qk_dtype or a.dtype]
+    q, k = (F.normalize(torch.randn(B, T, H, K), dim=-1).to(qk).requires_grad_() for _ in range(2))
+    v = torch.randn(B, T, H, V, dtype=dt, requires_grad=True)
+    g = torch.full((B, T, H), -0.1, dtype=dt, requires_grad=True)
+    beta = torch.full((B, T, H), 0.5, dtype=dt, requires_grad=True)
     h0 = torch.zeros(B, H, K, V, requires_grad=True)
     o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0)
     (o.float().sum() + s.sum()).backward()
@@ -111,6 +117,9 @@ def check(op: str, argv: list[str]) -> list[Compiled]:
     p.add_argument("--K", type=int, default=128)
     p.add_argument("--V", type=int, default=128)
     p.add_argument("--chunk", type=int, default=64)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--qk-dtype", choices=["bf16", "fp16", "fp32"],
+                   help="q and k alone (default --dtype); the GDN mixer passes them in fp32")
     a = p.parse_args(argv)
     seen = intercept()
     OPS[op](a)
@@ -127,9 +136,11 @@ def main(argv=None) -> int:
         print("no Triton launch was intercepted: were the kernels imported before the check?", file=sys.stderr)
         return 1
     for r in rows:
-        print(f"{'ok  ' if r.fits else 'OVER'} {r.shared:>7d} B  {r.kernel}  [{r.config}]", flush=True)
+        print(f"{'ok  ' if r.fits else 'OVER'} {r.shared:>7d} B  {r.seconds:6.1f} s  {r.kernel}  [{r.config}]",
+              flush=True)
     over = [r for r in rows if not r.fits]
-    print(f"{len(rows)} compiled for sm_90, {len(over)} over the {H100_SHARED_BYTES} B shared-memory limit")
+    print(f"{len(rows)} compiled for sm_90 in {sum(r.seconds for r in rows):.1f} s, {len(over)} over the "
+          f"{H100_SHARED_BYTES} B shared-memory limit")
     return 1 if over else 0
 
 

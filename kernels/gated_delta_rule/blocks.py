@@ -29,14 +29,51 @@ def prune_bv(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
+def prune_fp32_warps(configs, named_args, **kwargs):
+    """fp32 inputs ("ieee" dots: no tensor cores) compile 3-5x slower at 4 warps than at 8
+    (bwd_wy 121 s against 26 s, `python -m kernels.sm90_check gated_delta_rule --dtype fp32`),
+    and fp32 is the checking path, not the fast one: it keeps the 8-warp configs alone."""
+    if named_args.get("PREC", kwargs.get("PREC")) != "ieee":
+        return configs
+    return [c for c in configs if c.num_warps == 8] or configs[:1]
+
+
+def state_pass_stages(named_args) -> int:
+    """Pipeline depth of the state passes (chunk_h). Each stage holds one chunk's [BT, K] tiles of
+    the K-wide inputs (fwd_h: k, w; bwd_dh: q, k, w), in their own dtypes. Measured for sm_90 by
+    `python -m kernels.sm90_check gated_delta_rule`: bwd_dh at K = 128 takes 181 KB with 3 stages
+    in bf16 but 246 KB with q, k in fp32 and 279 KB all fp32; at K = 256, 2 stages take 221 KB in
+    bf16 and 287 KB with fp32 q, k (the H100's limit is 227 KB). So: up to 768 bytes of K-wide
+    inputs per row, 3 stages; up to 1536, 2; beyond, 1."""
+    row = named_args["K"] * sum(named_args[n].element_size() for n in ("q", "k", "w") if n in named_args)
+    return 3 if row <= 768 else 2 if row <= 1536 else 1
+
+
 def prune_state_pass(configs, named_args, **kwargs):
-    """``prune_bv``, then the pipeline depth of the state passes (chunk_h): their loop loads
-    [BT, K] tiles of k, w (and q) per stage, so at K = 256 three stages need 254-328 KB of shared
-    memory, over the H100's 227 KB (``python -m kernels.sm90_check gated_delta_rule --K 256``);
-    two stages need 180-221 KB. K <= 128 keeps the three-stage configs."""
-    stages = 3 if named_args["K"] <= 128 else 2
-    kept = [c for c in prune_bv(configs, named_args) if c.num_stages == stages]
-    return kept or configs[:1]
+    """``prune_bv`` and ``prune_fp32_warps``, then the pipeline depth ``state_pass_stages``."""
+    stages = state_pass_stages(named_args)
+    kept = [c for c in prune_fp32_warps(prune_bv(configs, named_args), named_args, **kwargs)
+            if c.num_stages == stages]
+    return kept or [_with_stages(configs[0], stages)]
+
+
+def _with_stages(config, stages: int):
+    return triton.Config(dict(config.kwargs), num_warps=config.num_warps, num_stages=stages)
+
+
+def prune_bv_fp32(configs, named_args, **kwargs):
+    """``prune_bv``, then ``prune_fp32_warps``."""
+    return prune_fp32_warps(prune_bv(configs, named_args), named_args, **kwargs) or configs[:1]
+
+
+def prune_dqkwg(configs, named_args, **kwargs):
+    """``prune_bv_fp32``; one pipeline stage where the [BV, K] tiles of h and dh are wide: bwd_dqkwg
+    at three stages takes 213 KB at K = 256 in bf16 and 229 KB at K = 128 in fp32, but 360 KB at
+    K = 256 in fp32 (sm90_check), over the H100's 227 KB."""
+    kept = prune_bv_fp32(configs, named_args, **kwargs)
+    if named_args["K"] * named_args["h"].element_size() <= 512:
+        return kept
+    return [_with_stages(c, 1) for c in kept]
 
 
 @triton.jit

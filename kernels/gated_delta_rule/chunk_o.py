@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gated_delta_rule.blocks import load_chunk_gamma, prune_bv
+from kernels.gated_delta_rule.blocks import load_chunk_gamma, prune_bv_fp32, prune_dqkwg
 from kernels.triton_utils import autotune_configs
 
 # Two configs each, no dot dimension below 64: on Hopper, Triton 3.6 miscompiles kernels holding
@@ -24,7 +24,8 @@ from kernels.triton_utils import autotune_configs
 # seen under repeated launches; triton-lang/triton#10486, #10573, #11366). BV > V is pruned.
 _CONFIGS_V = autotune_configs([triton.Config({"BV": 64}, num_warps=4), triton.Config({"BV": 128}, num_warps=8)])
 _CONFIGS = autotune_configs([triton.Config({"BV": 64}, num_warps=4), triton.Config({"BV": 64}, num_warps=8)])
-_TUNE = dict(key=["H", "K", "V", "BT"], prune_configs_by={"early_config_prune": prune_bv}, cache_results=True)
+_TUNE = dict(key=["H", "K", "V", "BT"], prune_configs_by={"early_config_prune": prune_bv_fp32},
+             cache_results=True)
 
 
 @triton.jit
@@ -95,7 +96,7 @@ def gated_delta_rule_bwd_dv_local_kernel(q, k, gamma, do, dv_local, scale, T, H:
     tl.store(p_dv, b_dv, boundary_check=(0, 1))
 
 
-@triton.autotune(configs=_CONFIGS, **_TUNE)
+@triton.autotune(configs=_CONFIGS, **{**_TUNE, "prune_configs_by": {"early_config_prune": prune_dqkwg}})
 @triton.jit
 def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, dv, gamma, dq, dk, dw, dgam, scale, T,
                                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gated_delta_rule.blocks import load_chunk_gamma
+from kernels.gated_delta_rule.blocks import load_chunk_gamma, prune_fp32_warps
 from kernels.triton_utils import autotune_configs
 
 # Two configs each (warps only: the tiles follow from K, V, BT); the solve kernel's 16 x 16 fp32
@@ -27,7 +27,8 @@ _WARPS = autotune_configs([triton.Config({}, num_warps=4), triton.Config({}, num
 _WARPS_SOLVE = autotune_configs([triton.Config({}, num_warps=2), triton.Config({}, num_warps=4)])
 
 
-@triton.autotune(configs=_WARPS, key=["H", "K", "BT"], cache_results=True)
+@triton.autotune(configs=_WARPS, key=["H", "K", "BT"], cache_results=True,
+                  prune_configs_by={"early_config_prune": prune_fp32_warps})
 @triton.jit
 def gated_delta_rule_fwd_kkt_kernel(k, g, beta, gamma, A, Ai, T, H: tl.constexpr, K: tl.constexpr,
                                     BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
@@ -131,7 +132,8 @@ def gated_delta_rule_fwd_solve_kernel(A, Ai, T, H: tl.constexpr, BT: tl.constexp
             _store16(Ai, T, H, BT, r0 + 48, 48, b_33)
 
 
-@triton.autotune(configs=_WARPS, key=["H", "K", "V", "BT"], cache_results=True)
+@triton.autotune(configs=_WARPS, key=["H", "K", "V", "BT"], cache_results=True,
+                  prune_configs_by={"early_config_prune": prune_fp32_warps})
 @triton.jit
 def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constexpr, K: tl.constexpr,
                                    V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -160,7 +162,8 @@ def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constex
         tl.store(p_u, b_u.to(DT), boundary_check=(0, 1))
 
 
-@triton.autotune(configs=_WARPS, key=["H", "K", "V", "BT"], cache_results=True)
+@triton.autotune(configs=_WARPS, key=["H", "K", "V", "BT"], cache_results=True,
+                  prune_configs_by={"early_config_prune": prune_fp32_warps})
 @triton.jit
 def gated_delta_rule_bwd_wy_kernel(k, v, beta, gamma, Ai, dw, du, dk_in, dgam_in, dk, dv, dbeta, dg, T,
                                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
