@@ -1,10 +1,11 @@
 """Compile every Triton launch of an op for a Hopper GPU (sm_90) on a machine without one.
 
-``python -m kernels.sm90_check gated_delta_rule --K 256 --V 512`` runs the op's forward and
-backward on CPU tensors with every kernel launch intercepted: each launch (each autotune config
-that survives pruning) is compiled for sm_90 by Triton's own compiler and ptxas, nothing runs,
-and the shared memory each compiled config asks for is checked against the H100's per-block
-limit. A config over the limit fails on the GPU with ``OutOfResources`` at its first launch (seen
+``python -m kernels.sm90_check gated_delta_rule --K 256 --V 512 [--dtype fp32]`` (or ``ssd``,
+``mlstm``) runs the op's forward and backward on CPU tensors with every kernel launch
+intercepted: each launch (each autotune config that survives pruning) is compiled for sm_90 by
+Triton's own compiler and ptxas, nothing runs, and the shared memory each compiled config asks
+for is checked against the H100's per-block limit; each config's compile seconds are printed
+(the first-call cost on a GPU machine, less the tuning benchmark). A config over the limit fails on the GPU with ``OutOfResources`` at its first launch (seen
 on an H100: Gated DeltaNet at K = 256); this finds it on a CPU, in CI. Register counts need the
 GPU driver and are not checked.
 
@@ -85,6 +86,11 @@ def intercept(capability: int = 90) -> list[Compiled]:
     return seen
 
 
+def _dtype(name: str):
+    import torch
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
 def _accept_cpu_tensors() -> None:
     """After the kernels are imported (decorated as compiled kernels): let the ops' device
     checks accept CPU tensors (``kernels.triton_utils.check_device``). Nothing runs on them."""
@@ -98,8 +104,8 @@ def _gated_delta_rule(a) -> None:
     from kernels.gated_delta_rule.chunk import chunk_gated_delta_rule
     _accept_cpu_tensors()
     B, T, H, K, V = 1, 2 * a.chunk, 1, a.K, a.V
-    dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.dtype]
-    qk = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[a.qk_dtype or a.dtype]
+    dt = _dtype(a.dtype)
+    qk = _dtype(a.qk_dtype or a.dtype)
     q, k = (F.normalize(torch.randn(B, T, H, K), dim=-1).to(qk).requires_grad_() for _ in range(2))
     v = torch.randn(B, T, H, V, dtype=dt, requires_grad=True)
     g = torch.full((B, T, H), -0.1, dtype=dt, requires_grad=True)
@@ -109,27 +115,59 @@ def _gated_delta_rule(a) -> None:
     (o.float().sum() + s.sum()).backward()
 
 
-OPS = {"gated_delta_rule": _gated_delta_rule}
+def _ssd(a) -> None:
+    """Mamba-2's chunked SSD: N = --K (d_state), P = --V (headdim), x, B, C in --dtype."""
+    import torch
+
+    from kernels.ssd.bench import make
+    from kernels.ssd.chunk import chunk_ssd
+    _accept_cpu_tensors()
+    t = make(1, 2 * a.chunk, 2, 1, a.V, a.K, _dtype(a.dtype), dev="cpu")
+    y, s = chunk_ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], chunk_size=a.chunk, initial_state=t["h0"])
+    (y.float().sum() + s.sum()).backward()
+
+
+def _mlstm(a) -> None:
+    """The chunkwise mLSTM: q, k, v in --dtype, K = --K, V = --V, with an initial state."""
+    import torch
+
+    from kernels.mlstm.chunk import chunk_mlstm
+    _accept_cpu_tensors()
+    dt, T = _dtype(a.dtype), 2 * a.chunk
+    q, k = (torch.randn(1, T, 2, a.K, dtype=dt, requires_grad=True) for _ in range(2))
+    v = torch.randn(1, T, 2, a.V, dtype=dt, requires_grad=True)
+    i, f = (torch.randn(1, T, 2, dtype=dt, requires_grad=True) for _ in range(2))
+    state = (torch.zeros(1, 2, a.K, a.V, requires_grad=True), torch.zeros(1, 2, a.K, requires_grad=True),
+             torch.zeros(1, 2, requires_grad=True))
+    h, (C, n, m) = chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state)
+    (h.float().sum() + C.sum() + n.sum() + m.sum()).backward()
+
+
+# op: (runner, defaults: the mixers' chunk and head sizes at d_model 1024 or the kernel bench's)
+OPS = {"gated_delta_rule": (_gated_delta_rule, {"chunk": 64, "K": 128, "V": 128}),
+       "ssd": (_ssd, {"chunk": 256, "K": 128, "V": 64}),
+       "mlstm": (_mlstm, {"chunk": 64, "K": 128, "V": 256})}
 
 
 def check(op: str, argv: list[str]) -> list[Compiled]:
     p = argparse.ArgumentParser(prog=f"kernels.sm90_check {op}")
-    p.add_argument("--K", type=int, default=128)
-    p.add_argument("--V", type=int, default=128)
-    p.add_argument("--chunk", type=int, default=64)
+    runner, defaults = OPS[op]
+    p.add_argument("--K", type=int, default=defaults["K"], help="key head dim (ssd: d_state N)")
+    p.add_argument("--V", type=int, default=defaults["V"], help="value head dim (ssd: headdim P)")
+    p.add_argument("--chunk", type=int, default=defaults["chunk"])
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--qk-dtype", choices=["bf16", "fp16", "fp32"],
-                   help="q and k alone (default --dtype); the GDN mixer passes them in fp32")
+                   help="gated_delta_rule's q and k alone (default --dtype)")
     a = p.parse_args(argv)
     seen = intercept()
-    OPS[op](a)
+    runner(a)
     return seen
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in OPS:
-        print(f"usage: python -m kernels.sm90_check {{{','.join(OPS)}}} [--K N --V N --chunk N]", file=sys.stderr)
+        print(f"usage: python -m kernels.sm90_check {{{','.join(OPS)}}} [--K N --V N --chunk N --dtype D]", file=sys.stderr)
         return 2
     rows = check(argv[0], argv[1:])
     if not rows:

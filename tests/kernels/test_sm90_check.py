@@ -32,6 +32,12 @@ def test_gated_delta_rule_kernels_fit_h100_shared_memory_at_k256():
     assert "0 over" in out.stdout
 
 
+@pytest.mark.parametrize("op", ["ssd", "mlstm"])
+def test_the_other_chunked_kernels_fit_at_the_mixers_shapes(op):
+    out = _run_check(op)
+    assert out.returncode == 0 and "0 over" in out.stdout, out.stdout + out.stderr
+
+
 def test_refuses_to_run_under_the_interpreter():
     out = _run_check("gated_delta_rule", interpret=True)
     assert out.returncode != 0 and "without TRITON_INTERPRET" in out.stderr
