@@ -209,11 +209,11 @@ def cmd_bench(args) -> int:
 
 
 def cmd_determinism(args) -> int:
-    import os
-
     import torch
 
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    from kernels.triton_utils import interpreting
+
+    if not torch.cuda.is_available() and not interpreting():
         raise UsageError("no CUDA device: the Triton kernels need one, or TRITON_INTERPRET=1 (small shapes) to "
                          "check the code around them on the CPU")
     from architectures.mixer import ImplUnavailableError

@@ -1,7 +1,8 @@
 """Are a mixer's Triton kernels bitwise deterministic: identical inputs, identical results?
 
-``arena determinism gated_deltanet --d-model 128 --batch 128 --seq-len 256`` builds the mixer with ``impl="triton"`` and runs forward + backward (bf16 autocast on a GPU,
-fp32 under ``TRITON_INTERPRET=1``) on the same inputs and weights, ``--reps`` times after a
+``arena determinism gated_deltanet --d-model 128 --batch 128 --seq-len 256`` builds the mixer
+with ``impl="triton"`` and runs forward + backward (bf16 autocast on a GPU, fp32 under
+``TRITON_INTERPRET=1``) on the same inputs and weights, ``--reps`` times after a
 warm-up that settles autotuning. The output, every parameter gradient and the input gradient are
 compared bit for bit with the first run. Every Triton launch's tensor arguments are copied after
 the launch, so a difference is traced to the *first launch whose results differ while every
@@ -65,13 +66,14 @@ class Report:
         return "\n".join(lines)
 
 
+def _unequal(a: Tensor, b: Tensor) -> Tensor:
+    """Where two tensors of one shape differ, NaN counting as equal to NaN."""
+    return (a != b) & ~(a.isnan() & b.isnan()) if a.is_floating_point() else a != b
+
+
 def same(a: Tensor, b: Tensor) -> bool:
     """Bitwise equality, NaN equal to NaN."""
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if not a.is_floating_point():
-        return torch.equal(a, b)
-    return bool(((a == b) | (a.isnan() & b.isnan())).all())
+    return a.shape == b.shape and a.dtype == b.dtype and not bool(_unequal(a, b).any())
 
 
 @contextlib.contextmanager
@@ -127,13 +129,14 @@ def first_differing_launch(ref: list[Launch], got: list[Launch]) -> str | None:
             return f"#{i}: the launch order changed ({a.kernel} then, {b.kernel} now)"
         bad = [j for j, (u, v) in enumerate(zip(a.tensors, b.tensors)) if u is not None and not same(u, v)]
         if bad:
-            detail = ", ".join(f"arg {j} {tuple(a.tensors[j].shape)}: {_diff(a.tensors[j], b.tensors[j])}" for j in bad)
+            detail = ", ".join(f"arg {j} {tuple(a.tensors[j].shape)}: {_diff(a.tensors[j], b.tensors[j])}"
+                               for j in bad)
             return f"#{i} {a.kernel} ({detail})"
     return None if len(ref) == len(got) else f"the number of launches changed ({len(ref)} then, {len(got)} now)"
 
 
 def _diff(a: Tensor, b: Tensor) -> str:
-    neq = (a != b) & ~(a.isnan() & b.isnan()) if a.is_floating_point() else a != b
+    neq = _unequal(a, b)
     worst = (a.double() - b.double()).abs().nan_to_num(nan=float("inf"))[neq].max().item()
     return f"{int(neq.sum())} of {a.numel()} elements differ, by up to {worst:.3g}"
 

@@ -5,9 +5,9 @@
 intercepted: each launch (each autotune config that survives pruning) is compiled for sm_90 by
 Triton's own compiler and ptxas, nothing runs, and the shared memory each compiled config asks
 for is checked against the H100's per-block limit; each config's compile seconds are printed
-(the first-call cost on a GPU machine, less the tuning benchmark). A config over the limit fails on the GPU with ``OutOfResources`` at its first launch (seen
-on an H100: Gated DeltaNet at K = 256); this finds it on a CPU, in CI. Register counts need the
-GPU driver and are not checked.
+(the first-call cost on a GPU machine, less the tuning benchmark). A config over the limit fails
+on the GPU with ``OutOfResources`` at its first launch (seen on an H100: Gated DeltaNet at
+K = 256); this finds it on a CPU, in CI. Register counts need the GPU driver and are not checked.
 
 It must run in a fresh process without ``TRITON_INTERPRET`` (the kernels have to be decorated as
 compiled kernels, with all their autotune configs); it sets the variable itself afterwards, only
@@ -167,7 +167,8 @@ def check(op: str, argv: list[str]) -> list[Compiled]:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in OPS:
-        print(f"usage: python -m kernels.sm90_check {{{','.join(OPS)}}} [--K N --V N --chunk N --dtype D]", file=sys.stderr)
+        print(f"usage: python -m kernels.sm90_check {{{','.join(OPS)}}} [--K N --V N --chunk N --dtype D]",
+              file=sys.stderr)
         return 2
     rows = check(argv[0], argv[1:])
     if not rows:

@@ -49,21 +49,18 @@ def state_pass_stages(named_args) -> int:
     return 3 if row <= 768 else 2 if row <= 1536 else 1
 
 
-def prune_state_pass(configs, named_args, **kwargs):
-    """``prune_bv`` and ``prune_fp32_warps``, then the pipeline depth ``state_pass_stages``."""
-    stages = state_pass_stages(named_args)
-    kept = [c for c in prune_fp32_warps(prune_bv(configs, named_args), named_args, **kwargs)
-            if c.num_stages == stages]
-    return kept or [_with_stages(configs[0], stages)]
-
-
-def _with_stages(config, stages: int):
-    return triton.Config(dict(config.kwargs), num_warps=config.num_warps, num_stages=stages)
+def _with_stages(configs, stages: int) -> list:
+    return [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=stages) for c in configs]
 
 
 def prune_bv_fp32(configs, named_args, **kwargs):
     """``prune_bv``, then ``prune_fp32_warps``."""
-    return prune_fp32_warps(prune_bv(configs, named_args), named_args, **kwargs) or configs[:1]
+    return prune_fp32_warps(prune_bv(configs, named_args), named_args, **kwargs)
+
+
+def prune_state_pass(configs, named_args, **kwargs):
+    """``prune_bv_fp32``, at the pipeline depth ``state_pass_stages``."""
+    return _with_stages(prune_bv_fp32(configs, named_args, **kwargs), state_pass_stages(named_args))
 
 
 def prune_dqkwg(configs, named_args, **kwargs):
@@ -71,9 +68,7 @@ def prune_dqkwg(configs, named_args, **kwargs):
     at three stages takes 213 KB at K = 256 in bf16 and 229 KB at K = 128 in fp32, but 360 KB at
     K = 256 in fp32 (sm90_check), over the H100's 227 KB."""
     kept = prune_bv_fp32(configs, named_args, **kwargs)
-    if named_args["K"] * named_args["h"].element_size() <= 512:
-        return kept
-    return [_with_stages(c, 1) for c in kept]
+    return kept if named_args["K"] * named_args["h"].element_size() <= 512 else _with_stages(kept, 1)
 
 
 @triton.jit

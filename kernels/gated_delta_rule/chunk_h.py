@@ -25,7 +25,7 @@ from kernels.triton_utils import autotune_configs
 # V tiles of 64 (no 32-wide dot: see blocks.py); the [K, 64] fp32 state tile wants 4 warps at
 # K <= 128, 8 at K = 256. Three pipeline stages, or fewer where the K-wide tiles are wide or fp32
 # (shared memory: blocks.state_pass_stages); BV > V is pruned.
-_CONFIGS = autotune_configs([triton.Config({"BV": 64}, num_warps=w, num_stages=s) for s in (3, 2, 1) for w in (4, 8)])
+_CONFIGS = autotune_configs([triton.Config({"BV": 64}, num_warps=w) for w in (4, 8)])  # stages: pruning
 _TUNE = dict(key=["H", "K", "V", "BT"], prune_configs_by={"early_config_prune": prune_state_pass},
              cache_results=True)
 
