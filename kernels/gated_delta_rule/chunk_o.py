@@ -5,7 +5,7 @@
     bwd_dv_local: dv_local = scale (Q K^T * D)^T dO                 (dO's path through v_new)
     bwd_dqkwg:    dq = scale (exp(gamma) dO h^T + (dO v_new^T * D) K)
                   dk = exp(gamma_C - gamma) v_new dh^T + scale (dO v_new^T * D)^T Q
-                  dW = -dv h^T;  dgamma = q.dq - k.dk (+ the chunk-end term at row C)
+                  dW = -du h^T;  dgamma = q.dq - k.dk (+ the chunk-end term at row C)
 
 HBM per token and head (d = dot-dtype bytes, i = input bytes): fwd_o reads 2 K i + V d + K V / BT d,
 writes V i; dv_local reads 2 K + V, writes V fp32; dqkwg reads 2 K + 3 V + 2 K V / BT, writes
@@ -96,9 +96,27 @@ def gated_delta_rule_bwd_dv_local_kernel(q, k, gamma, do, dv_local, scale, T, H:
     tl.store(p_dv, b_dv, boundary_check=(0, 1))
 
 
+@triton.jit
+def _chunk_du_ht(h, du, i_hn, bos, i_h, i_t, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                 BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """du h^T over one chunk, [BT, BK] fp32, in a loop of its own. As a fifth dot inside
+    bwd_dqkwg's V loop it was miscompiled on an H100 by Triton 3.6 at 8 warps and 3 stages: wrong
+    dw at T = 1 (dk, dbeta 0.28 relative in bf16) and run-to-run different dw at T = 512, K = 128.
+    Alone in its loop it is right and bitwise repeatable at every config tried (4 / 8 warps,
+    1 / 3 stages; kernels/README.md). h and du come back from L2."""
+    DT = h.dtype.element_ty
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        p_h = tl.make_block_ptr(h + i_hn, (V, K), (1, V), (i_v * BV, 0), (BV, BK), (0, 1))     # h^T
+        p_du = tl.make_block_ptr(du + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_du = tl.load(p_du, boundary_check=(0, 1), padding_option="zero").to(DT)
+        b_dw += tl.dot(b_du, tl.load(p_h, boundary_check=(0, 1), padding_option="zero"), input_precision=PREC)
+    return b_dw
+
+
 @triton.autotune(configs=_CONFIGS, **{**_TUNE, "prune_configs_by": {"early_config_prune": prune_dqkwg}})
 @triton.jit
-def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, dv, gamma, dq, dk, dw, dgam, scale, T,
+def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, du, gamma, dq, dk, dw, dgam, scale, T,
                                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
@@ -110,7 +128,6 @@ def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, dv, gamma, dq, dk,
     i_hn = ((i_b.to(tl.int64) * NT + i_t) * H + i_h) * K * V
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
-    b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     b_ds = tl.zeros([BT, BT], dtype=tl.float32)                                  # dO v_new^T   [r, j]
     b_dst = tl.zeros([BT, BT], dtype=tl.float32)                                 # v_new dO^T   [j, r]
     b_hdh = tl.zeros([BV, BK], dtype=tl.float32)                                 # h * dh, summed at the end
@@ -119,18 +136,15 @@ def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, dv, gamma, dq, dk,
         p_dh = tl.make_block_ptr(dh + i_hn, (V, K), (1, V), (i_v * BV, 0), (BV, BK), (0, 1))   # dh^T
         p_vn = tl.make_block_ptr(v_new + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         p_do = tl.make_block_ptr(do + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-        p_dv = tl.make_block_ptr(dv + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
         b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")                                # [BV, BK]
         b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero")                              # [BV, BK]
         b_vn = tl.load(p_vn, boundary_check=(0, 1), padding_option="zero")                              # [BT, BV]
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero").to(DT)
-        b_dv = tl.load(p_dv, boundary_check=(0, 1), padding_option="zero").to(DT)
         b_hdh += b_h.to(tl.float32) * b_dh.to(tl.float32)
         b_ds += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
         b_dst += tl.dot(b_vn, tl.trans(b_do), input_precision=PREC)
         b_dq += tl.dot(b_do, b_h, input_precision=PREC)
         b_dk += tl.dot(b_vn, b_dh, input_precision=PREC)
-        b_dw += tl.dot(b_dv, b_h, input_precision=PREC)
     b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
     i_last = tl.minimum((i_t + 1) * BT, T) - 1
     b_gl = tl.load(gamma + (bos + i_last) * H + i_h)
@@ -156,5 +170,6 @@ def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, dv, gamma, dq, dk,
     p_dg = tl.make_block_ptr(dgam + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     tl.store(p_dq, b_dq.to(dq.dtype.element_ty), boundary_check=(0, 1))
     tl.store(p_dk, b_dk, boundary_check=(0, 1))
-    tl.store(p_dw, -b_dw, boundary_check=(0, 1))
     tl.store(p_dg, b_dg, boundary_check=(0,))
+    tl.store(p_dw, -_chunk_du_ht(h, du, i_hn, bos, i_h, i_t, T, H, K, V, BT, BK, BV, PREC), boundary_check=(0, 1))
+
