@@ -27,7 +27,8 @@ except ImportError:
 BACKENDS = ("auto", "flash_attn", "sdpa", "math")
 # SDPA backends for queries that continue a KV cache (fewer queries than keys). cuDNN attention
 # is left out: it builds a graph per sequence length, and decoding meets a new length at every
-# token (an H200 decode step of this layer took ~36 ms at every context from 512 to 64k tokens).
+# token (an H200 decode step of this layer took ~36 ms at every context from 512 to 64k tokens;
+# with these backends an H100 step takes 0.48-0.57 ms there, B 1, d_model 1024, bf16).
 CACHE_STEP_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
