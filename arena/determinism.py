@@ -11,10 +11,11 @@ constant meanwhile, so rows that a kernel never writes do not show as difference
 fills them with NaN instead and reports whether any result came out non-finite (a result that
 depends on memory nobody wrote).
 
-Why: kernels without atomics are deterministic by construction, unless the compiled code races.
-Seen on an H200 with Triton 3.6: Gated DeltaNet's ``bwd_dqkwg`` kernel wrote a ``dw`` that
+Why: kernels without atomics are deterministic by construction, unless the compiled code is
+wrong. Seen on an H200 with Triton 3.6: Gated DeltaNet's ``bwd_dqkwg`` kernel wrote a ``dw`` that
 differed between identical calls (up to 1.7e-6, a third of the elements), so two training runs of
-one config diverged. The interpreter runs one program at a time, so on a CPU this finds
+one config diverged; this check named the kernel, and the miscompile was then worked around
+(kernels/README.md). The interpreter runs one program at a time, so on a CPU this finds
 nondeterminism in the Python around the kernels only; the kernels themselves need the GPU.
 """
 from __future__ import annotations

@@ -171,5 +171,5 @@ def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, du, gamma, dq, dk,
     tl.store(p_dq, b_dq.to(dq.dtype.element_ty), boundary_check=(0, 1))
     tl.store(p_dk, b_dk, boundary_check=(0, 1))
     tl.store(p_dg, b_dg, boundary_check=(0,))
-    tl.store(p_dw, -_chunk_du_ht(h, du, i_hn, bos, i_h, i_t, T, H, K, V, BT, BK, BV, PREC), boundary_check=(0, 1))
-
+    b_dw = _chunk_du_ht(h, du, i_hn, bos, i_h, i_t, T, H, K, V, BT, BK, BV, PREC)
+    tl.store(p_dw, -b_dw, boundary_check=(0, 1))
