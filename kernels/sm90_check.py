@@ -111,7 +111,9 @@ def _gated_delta_rule(a) -> None:
     g = torch.full((B, T, H), -0.1, dtype=dt, requires_grad=True)
     beta = torch.full((B, T, H), 0.5, dtype=dt, requires_grad=True)
     h0 = torch.zeros(B, H, K, V, requires_grad=True)
-    o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0)
+    with torch.no_grad():  # the two-launch forward (the fused one runs below, with the backward)
+        chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0, fused_forward=False)
+    o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0, fused_forward=True)
     (o.float().sum() + s.sum()).backward()
 
 
@@ -123,7 +125,10 @@ def _ssd(a) -> None:
     from kernels.ssd.chunk import chunk_ssd
     _accept_cpu_tensors()
     t = make(1, 2 * a.chunk, 2, 1, a.V, a.K, _dtype(a.dtype), dev="cpu")
-    y, s = chunk_ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], t["D"], chunk_size=a.chunk, initial_state=t["h0"])
+    args = [t[n] for n in ("x", "dt", "A", "B", "C", "D")]
+    with torch.no_grad():  # the two-kernel forward (the fused one runs below, with the backward)
+        chunk_ssd(*args, chunk_size=a.chunk, initial_state=t["h0"], fused_forward=False)
+    y, s = chunk_ssd(*args, chunk_size=a.chunk, initial_state=t["h0"], fused_forward=True)
     (y.float().sum() + s.sum()).backward()
 
 

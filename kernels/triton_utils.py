@@ -6,6 +6,7 @@ before a kernel module is imported (``tests/conftest.py`` sets it on machines wi
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -46,3 +47,17 @@ def check_head_shapes(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     if bad:
         raise ValueError(f"{op}: gates {', '.join(gates)} must be [B, T, H] = {tuple(q.shape[:3])}; "
                          f"got {bad}")
+
+
+def sequential_walk_fills(n_programs: int, device: torch.device, programs_per_sm: float) -> bool:
+    """Whether a kernel that walks the whole sequence in each of ``n_programs`` programs has enough
+    of them to keep the GPU busy: at least ``programs_per_sm`` times its SM count (a threshold each
+    op measures). Always True under the interpreter, which has no SMs to fill."""
+    if device.type != "cuda":
+        return True
+    return n_programs >= programs_per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count

@@ -72,23 +72,29 @@ def correctness(chunk_fn, dev, smoke, rows):
                 do = torch.randn(B, T, h, v, device=dev, dtype=torch.float64)
                 ds = torch.randn(B, h, k, v, device=dev, dtype=torch.float64)
                 ref = _run(naive_chunk_gated_delta_rule, [t.double() if t is not None else None for t in ins], do, ds)
-                out = _run(chunk_fn, ins, do, ds, chunk_size=16 if smoke else CHUNK)
             except Exception as e:  # noqa: BLE001 - a failing shape is a row
                 rows.append({**base, "tensor": "all", "status": f"error: {type(e).__name__}: {e}"[:200]})
                 continue
-            for i, (n, x, y) in enumerate(zip(names, out, ref)):
-                tol, err = TOL[dtype][0 if i < 2 else 1], rel(x, y)
-                rows.append({**base, "tensor": n, "rel_err": err, "tol": tol, "status": "PASS" if err <= tol else "FAIL"})
+            for fused in (True, False):  # both forward paths (the default picks by the grid's size)
+                row = {**base, "fwd": "fused" if fused else "two-launch"}
+                try:
+                    out = _run(chunk_fn, ins, do, ds, chunk_size=16 if smoke else CHUNK, fused_forward=fused)
+                except Exception as e:  # noqa: BLE001 - a failing shape is a row
+                    rows.append({**row, "tensor": "all", "status": f"error: {type(e).__name__}: {e}"[:200]})
+                    continue
+                for i, (n, x, y) in enumerate(zip(names, out, ref)):
+                    tol, err = TOL[dtype][0 if i < 2 else 1], rel(x, y)
+                    rows.append({**row, "tensor": n, "rel_err": err, "tol": tol, "status": "PASS" if err <= tol else "FAIL"})
 
 
 def stability(chunk_fn, dev, smoke, rows):
     T = 40 if smoke else 65536
-    for gates in ("near1", "near0"):
-        print(f"# stability T={T} gates={gates}", flush=True)
+    for gates, fused in (("near1", True), ("near0", True), ("near1", False), ("near0", False)):
+        print(f"# stability T={T} gates={gates} fused_forward={fused}", flush=True)
         try:
             dt = torch.bfloat16 if dev == "cuda" else torch.float32
             ins = make_inputs(1, T, 2, 16 if smoke else K, 16 if smoke else V, dt, dev, gates=gates, h0=True, grad=True)
-            o, s = chunk_fn(*ins[:5], initial_state=ins[5], chunk_size=16 if smoke else CHUNK)
+            o, s = chunk_fn(*ins[:5], initial_state=ins[5], chunk_size=16 if smoke else CHUNK, fused_forward=fused)
             (o.float().sum() + s.sum()).backward()
             with torch.no_grad():
                 o_ref, s_ref = naive_chunk_gated_delta_rule(*(t.float() for t in ins[:5]), chunk_size=64,
@@ -96,10 +102,12 @@ def stability(chunk_fn, dev, smoke, rows):
             finite = all(bool(torch.isfinite(t).all()) for t in (o, s, *(x.grad for x in ins)))
             eo, es = rel(o, o_ref), rel(s, s_ref)
             ok = finite and eo <= 2e-2 and es <= 2e-2
-            rows.append({"T": T, "gates": gates, "finite (o, state, grads)": finite, "o rel_err": eo,
+            rows.append({"T": T, "gates": gates, "fwd": "fused" if fused else "two-launch",
+                         "finite (o, state, grads)": finite, "o rel_err": eo,
                          "state rel_err": es, "tol": 2e-2, "status": "PASS" if ok else "FAIL"})
         except Exception as e:  # noqa: BLE001
-            rows.append({"T": T, "gates": gates, "status": f"error: {type(e).__name__}: {e}"[:200]})
+            rows.append({"T": T, "gates": gates, "fwd": "fused" if fused else "two-launch",
+                         "status": f"error: {type(e).__name__}: {e}"[:200]})
 
 
 def fwd_bytes(B, T, dt_bytes=2):
@@ -157,12 +165,15 @@ FIRST_DONE: set[str] = set()
 
 def timing(chunk_fn, dev, smoke, rows, a):
     """Ours in this process (first call recorded at the first T), then fla in a child process."""
+    from kernels.gated_delta_rule.chunk import fused_forward_by_default  # after main() set the interpreter
     for T in _lengths(smoke):
         print(f"# timing arena triton T={T}", flush=True)
         B, args, do = _timing_inputs(T, dev, smoke)
         kw = {"chunk_size": 16 if smoke else CHUNK}
         fns = [("fwd", partial(_fwd, chunk_fn, args, kw)), ("fwd+bwd", partial(_fwd_bwd, chunk_fn, args, do, kw))]
-        _time_rows(rows, "arena triton", T, B, fns, first=None if "chunk" in FIRST_DONE else True)
+        fused = fused_forward_by_default(B, args[0].shape[2], args[2].shape[3], args[0].device)
+        path = "fused" if fused else "two-launch"
+        _time_rows(rows, f"arena triton ({path} fwd)", T, B, fns, first=None if "chunk" in FIRST_DONE else True)
         FIRST_DONE.add("chunk")
     run_contender(OP, "fla-chunk", [f"T{T}" for T in _lengths(smoke)], rows, a, lambda c: {"T": int(c[1:])})
 
@@ -246,7 +257,7 @@ def compile_times(chunk_fn, dev, smoke, rows):
     q, k, v, g, beta, s0 = make_inputs(B, T, *dims, dtype, dev, h0=True, grad=True)
     do = torch.randn_like(v)
     kw = {"initial_state": s0}
-    entries = [("chunk fwd (kkt, solve, wu, h, o)", partial(_fwd, chunk_fn, (q, k, v, g, beta), kw)),
+    entries = [("chunk fwd (kkt, solve, wu, h + o or ho)", partial(_fwd, chunk_fn, (q, k, v, g, beta), kw)),
                ("fused_recurrent", partial(_fwd, fused_recurrent_gated_delta_rule, (q, k, v, g, beta), kw)),
                ("chunk fwd+bwd (+ dv_local, dh, dqkwg, wy)", partial(_fwd_bwd, chunk_fn, (q, k, v, g, beta), do, kw))]
     for name, fn in entries:

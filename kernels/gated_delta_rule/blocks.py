@@ -63,6 +63,16 @@ def prune_state_pass(configs, named_args, **kwargs):
     return _with_stages(prune_bv_fp32(configs, named_args, **kwargs), state_pass_stages(named_args))
 
 
+def prune_fused_walk(configs, named_args, **kwargs):
+    """``prune_bv_fp32`` with fwd_ho's pipeline depth: it holds bwd_dh's K-wide q, k, w plus the
+    [BT, BT] scores, so it takes ~50 KB more than the state passes (sm90_check: 189 KB at K = 128,
+    bf16, 3 stages; 246 KB at K = 256, bf16, 2 stages, over the H100's 227 KB). Up to 768 bytes of
+    K-wide inputs per row, 3 stages; up to 1280 (q, k fp32 and w bf16 at K = 128), 2; beyond, 1."""
+    row = named_args["K"] * sum(named_args[n].element_size() for n in ("q", "k", "w"))
+    stages = 3 if row <= 768 else 2 if row <= 1280 else 1
+    return _with_stages(prune_bv_fp32(configs, named_args, **kwargs), stages)
+
+
 def prune_dqkwg(configs, named_args, **kwargs):
     """``prune_bv_fp32``; one pipeline stage where the [BV, K] tiles of h and dh are wide: bwd_dqkwg
     at three stages takes 180 KB at K = 256 in bf16 and 197 KB at K = 128 in fp32, but took 360 KB
@@ -81,3 +91,10 @@ def load_chunk_gamma(gamma, bos, i_h, i_t, T, H: tl.constexpr, BT: tl.constexpr)
     chunk, strong gates), and inf * 0 in a padded row turns the whole tile NaN."""
     rows = tl.minimum(i_t * BT + tl.arange(0, BT), T - 1)
     return tl.load(gamma + (bos + rows) * H + i_h)
+
+
+@triton.jit
+def causal_decay(b_gam, BT: tl.constexpr):
+    """[BT, BT] exp(gamma_r - gamma_j) on and below the diagonal, 0 above (never exp of > 0)."""
+    o_t = tl.arange(0, BT)
+    return tl.exp(tl.where(o_t[:, None] >= o_t[None, :], b_gam[:, None] - b_gam[None, :], float("-inf")))

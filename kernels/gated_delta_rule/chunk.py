@@ -12,12 +12,15 @@ Forward, per chunk of BT tokens (5 launches):
   3. fwd_wu    W = Ai (b exp(gamma) K), U = Ai (b V)                                     (chunk_wy)
   4. fwd_h     sequential over chunks: h_n, v_new = U - W h_n, h_{n+1}                   (chunk_h)
   5. fwd_o     O = scale ((Q exp(gamma)) h_n + (Q K^T * D) v_new)                        (chunk_o)
+  or 4 + 5 as one walk, fwd_ho (chunk_h), where the (batch, head) pairs fill the GPU: h and v_new
+  then stay on chip (``fused_forward``; FUSED_PROGRAMS_PER_SM has the measured crossover).
 Backward (W, U, h, v_new recomputed by 3-4, gamma and Ai saved): bwd_dv_local, bwd_dh (reverse
 over chunks), bwd_dqkwg, bwd_wy (dk, dv, dbeta, dg via a chunk-local reverse cumsum).
 
 Per token and head at K = V = 128, BT = 64, bf16 (2 bytes) inputs: the forward must read q, k, v
 (3 x 256 B) and g, beta, write o (256 B): ~1 KiB floor; this implementation moves ~4.1 KiB (A and
-Ai scratch 256 + 384 B, W, U, v_new 768 B written and read again, h 512 B written and read).
+Ai scratch 256 + 384 B, W, U, v_new 768 B written and read again, h 512 B written and read);
+fwd_ho saves v_new's and h's round trips (~1.5 KiB).
 FLOPs ~ 2 BT (3K + 3V) + 10 K V ~ 0.26 MFLOP (fwd); ~2.5x that for fwd + bwd (incl. recompute).
 """
 from __future__ import annotations
@@ -27,7 +30,11 @@ import triton
 from torch import Tensor
 
 from kernels.gated_delta_rule.blocks import dot_block
-from kernels.gated_delta_rule.chunk_h import gated_delta_rule_bwd_dh_kernel, gated_delta_rule_fwd_h_kernel
+from kernels.gated_delta_rule.chunk_h import (
+    gated_delta_rule_bwd_dh_kernel,
+    gated_delta_rule_fwd_h_kernel,
+    gated_delta_rule_fwd_ho_kernel,
+)
 from kernels.gated_delta_rule.chunk_o import (
     gated_delta_rule_bwd_dqkwg_kernel,
     gated_delta_rule_bwd_dv_local_kernel,
@@ -39,7 +46,7 @@ from kernels.gated_delta_rule.chunk_wy import (
     gated_delta_rule_fwd_solve_kernel,
     gated_delta_rule_fwd_wu_kernel,
 )
-from kernels.triton_utils import check_device, check_head_shapes
+from kernels.triton_utils import check_device, check_head_shapes, sequential_walk_fills
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 MAX_KEY_DIM = 256  # the [K, BV] state tile lives in registers; V is tiled (any size)
@@ -113,10 +120,30 @@ def _fwd_h(k, w, u, gamma, h0, BT, DT, store_final):
     return h, v_new, ht
 
 
-def chunk_fwd(q, k, v, g, beta, scale, h0, BT, store_final):
+# fwd_h and fwd_o run as one walk (fwd_ho) where (V tiles x batch x heads) >= 0.75 programs per SM:
+# fwd_h alone walks with that many programs, so fusing only adds work to a walk that is there
+# anyway. H100 (132 SMs), H16 K=V=128, B*T 32k: 128 programs (T <= 8k) 0.94-0.95 ms against
+# 1.14-1.15; 64 (T 16k, B 2) 1.32 against 1.27-1.29; 32 (T 32k, B 1) 2.08-2.11 against 1.72.
+FUSED_PROGRAMS_PER_SM = 0.75
+
+
+def fused_forward_by_default(B: int, H: int, V: int, device: torch.device) -> bool:
+    """chunk_gated_delta_rule's forward path when not asked: fwd_ho where its (V tiles of 64, batch,
+    head) programs fill the GPU."""
+    return sequential_walk_fills(B * H * -(-V // 64), device, FUSED_PROGRAMS_PER_SM)
+
+
+def chunk_fwd(q, k, v, g, beta, scale, h0, BT, store_final, fused):
     B, T, H, K = q.shape
     V, DT = v.shape[-1], dot_dtype(q, k, v)
     gamma, Ai, w, u = _prepare(k, v, g, beta, BT, DT)
+    if fused:
+        o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
+        ht = torch.empty(B, H, K, V, device=k.device, dtype=torch.float32) if store_final else None
+        grid = lambda meta: (triton.cdiv(V, meta["BV"]), B * H)
+        gated_delta_rule_fwd_ho_kernel[grid](q, k, u, w, gamma, o, h0, ht, scale, T, H, K, V, BT, _pow2(K),
+                                             USE_H0=h0 is not None, STORE_HT=store_final, PREC=_prec(DT))
+        return o, ht, gamma, Ai
     h, v_new, ht = _fwd_h(k, w, u, gamma, h0, BT, DT, store_final)
     o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(T, BT), B * H)
@@ -154,10 +181,10 @@ def chunk_bwd(q, k, v, g, beta, scale, h0, gamma, Ai, do, dht, BT):
 
 class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size):
+    def forward(ctx, q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size, fused):
         q, k, v, g, beta = (t.contiguous() for t in (q, k, v, g, beta))
         h0 = initial_state.contiguous() if initial_state is not None else None
-        o, ht, gamma, Ai = chunk_fwd(q, k, v, g, beta, scale, h0, chunk_size, output_final_state)
+        o, ht, gamma, Ai = chunk_fwd(q, k, v, g, beta, scale, h0, chunk_size, output_final_state, fused)
         ctx.save_for_backward(q, k, v, g, beta, h0, gamma, Ai)
         ctx.scale, ctx.chunk_size = scale, chunk_size
         return o, ht
@@ -167,15 +194,18 @@ class ChunkGatedDeltaRuleFunction(torch.autograd.Function):
         q, k, v, g, beta, h0, gamma, Ai = ctx.saved_tensors
         dq, dk, dv, dg, dbeta, dh0 = chunk_bwd(q, k, v, g, beta, ctx.scale, h0, gamma, Ai, do.contiguous(),
                                                dht.contiguous() if dht is not None else None, ctx.chunk_size)
-        return dq, dk, dv, dg, dbeta, None, dh0, None, None
+        return dq, dk, dv, dg, dbeta, None, dh0, None, None, None
 
 
 def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Tensor, chunk_size: int = 64,
                            scale: float | None = None, initial_state: Tensor | None = None,
-                           output_final_state: bool = True) -> tuple[Tensor, Tensor | None]:
+                           output_final_state: bool = True,
+                           fused_forward: bool | None = None) -> tuple[Tensor, Tensor | None]:
     """``q, k: [B, T, H, K]``, ``v: [B, T, H, V]``, ``g`` (log decay, <= 0), ``beta: [B, T, H]``,
     ``initial_state: [B, H, K, V]`` -> ``(o [B, T, H, V] in v's dtype, final state fp32 or None)``.
-    Differentiable w.r.t. q, k, v, g, beta and initial_state. ``chunk_size`` in {16, 32, 64}."""
+    Differentiable w.r.t. q, k, v, g, beta and initial_state. ``chunk_size`` in {16, 32, 64}.
+    ``fused_forward``: True runs the state and output passes as one walk (fwd_ho), False as two
+    launches; None picks by whether the (batch, head) pairs fill the GPU (measured on an H100)."""
     if chunk_size not in (16, 32, 64):
         raise ValueError(f"chunk_gated_delta_rule: chunk_size={chunk_size}; valid values are 16, 32, 64 (fla uses 64)")
     check_inputs("chunk_gated_delta_rule", q, k, v, g, beta, initial_state)
@@ -184,5 +214,8 @@ def chunk_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta: Ten
     if T == 0:
         S = initial_state.float() if initial_state is not None else q.new_zeros(B, H, K, v.shape[-1], dtype=torch.float32)
         return v.new_zeros(B, 0, H, v.shape[-1]), (S if output_final_state else None)
-    o, ht = ChunkGatedDeltaRuleFunction.apply(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size)
+    if fused_forward is None:
+        fused_forward = fused_forward_by_default(B, H, v.shape[-1], q.device)
+    o, ht = ChunkGatedDeltaRuleFunction.apply(q, k, v, g, beta, scale, initial_state, output_final_state, chunk_size,
+                                              bool(fused_forward))
     return o, (ht if output_final_state else None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gated_delta_rule.blocks import load_chunk_gamma, prune_state_pass
+from kernels.gated_delta_rule.blocks import causal_decay, load_chunk_gamma, prune_fused_walk, prune_state_pass
 from kernels.triton_utils import autotune_configs
 
 # V tiles of 64 (no 32-wide dot: see blocks.py); the [K, 64] fp32 state tile wants 4 warps at
@@ -63,6 +63,56 @@ def gated_delta_rule_fwd_h_kernel(k, u, w, gamma, h, v_new, h0, ht, T, H: tl.con
         m_t = i_t * BT + o_t < T
         b_vd = b_vn * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]  # decay to chunk end
         b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(DT)                         # [BT, BK]
+        b_h = b_h * tl.exp(b_gl) + tl.dot(tl.trans(b_k), b_vd.to(DT), input_precision=PREC)
+    if STORE_HT:
+        p_ht = tl.make_block_ptr(ht + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        tl.store(p_ht, b_h, boundary_check=(0, 1))
+
+
+# H100, H16 K=V=128, T 1k-32k: BV 64 at 4 warps won every T (stages: prune_state_pass).
+_CONFIGS_HO = autotune_configs([triton.Config({"BV": 64}, num_warps=4), triton.Config({"BV": 64}, num_warps=8)])
+
+
+@triton.autotune(configs=_CONFIGS_HO, **{**_TUNE, "prune_configs_by": {"early_config_prune": prune_fused_walk}})
+@triton.jit
+def gated_delta_rule_fwd_ho_kernel(q, k, u, w, gamma, o, h0, ht, scale, T, H: tl.constexpr, K: tl.constexpr,
+                                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                                   USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    """fwd_h and fwd_o in one walk over the chunks, for the forward alone (the backward recomputes
+    h and v_new with fwd_h): h_n and v_new stay on chip, so neither reaches HBM (K V / BT + V
+    dot-dtype elements per token and head, written and read back, by the two-kernel path). Same
+    products and roundings as that path: h and v_new enter the dots in the dot dtype."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos = i_b.to(tl.int64) * T
+    NT = tl.cdiv(T, BT)
+    DT = w.dtype.element_ty
+    o_t = tl.arange(0, BT)
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)                                   # the state tile
+    if USE_H0:
+        p_h0 = tl.make_block_ptr(h0 + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    for i_t in range(NT):
+        p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_u = tl.make_block_ptr(u + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        b_hd = b_h.to(DT)
+        b_vn = tl.load(p_u, boundary_check=(0, 1), padding_option="zero").to(tl.float32) \
+            - tl.dot(tl.load(p_w, boundary_check=(0, 1), padding_option="zero"), b_hd, input_precision=PREC)
+        b_vnd = b_vn.to(DT)                                                      # [BT, BV] v_new
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero").to(DT)   # [BT, BK]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(DT)   # [BT, BK]
+        b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
+        b_s = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * causal_decay(b_gam, BT)
+        b_o = (tl.dot(b_q, b_hd, input_precision=PREC) * tl.exp(b_gam)[:, None]
+               + tl.dot(b_s.to(DT), b_vnd, input_precision=PREC)) * scale
+        p_o = tl.make_block_ptr(o + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_o, b_o.to(o.dtype.element_ty), boundary_check=(0, 1))
+        i_last = tl.minimum((i_t + 1) * BT, T) - 1
+        b_gl = tl.load(gamma + (bos + i_last) * H + i_h)
+        m_t = i_t * BT + o_t < T
+        b_vd = b_vn * tl.exp(tl.where(m_t, b_gl - b_gam, float("-inf")))[:, None]  # decay to chunk end
         b_h = b_h * tl.exp(b_gl) + tl.dot(tl.trans(b_k), b_vd.to(DT), input_precision=PREC)
     if STORE_HT:
         p_ht = tl.make_block_ptr(ht + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gated_delta_rule.blocks import load_chunk_gamma, prune_bv_fp32, prune_dqkwg
+from kernels.gated_delta_rule.blocks import causal_decay, load_chunk_gamma, prune_bv_fp32, prune_dqkwg
 from kernels.triton_utils import autotune_configs
 
 # Two configs each, no dot dimension below 64: on Hopper, Triton 3.6 miscompiles kernels holding
@@ -29,15 +29,8 @@ _TUNE = dict(key=["H", "K", "V", "BT"], prune_configs_by={"early_config_prune": 
 
 
 @triton.jit
-def _causal_decay(b_gam, BT: tl.constexpr):
-    """[BT, BT] exp(gamma_r - gamma_j) on and below the diagonal, 0 above (never exp of > 0)."""
-    o_t = tl.arange(0, BT)
-    return tl.exp(tl.where(o_t[:, None] >= o_t[None, :], b_gam[:, None] - b_gam[None, :], float("-inf")))
-
-
-@triton.jit
 def _causal_decay_t(b_gam, BT: tl.constexpr):
-    """The transpose of ``_causal_decay``, built directly ([j, r] = exp(gamma_r - gamma_j), r >= j)."""
+    """The transpose of ``causal_decay``, built directly ([j, r] = exp(gamma_r - gamma_j), r >= j)."""
     o_t = tl.arange(0, BT)
     return tl.exp(tl.where(o_t[None, :] >= o_t[:, None], b_gam[None, :] - b_gam[:, None], float("-inf")))
 
@@ -64,7 +57,7 @@ def gated_delta_rule_fwd_o_kernel(q, k, v_new, h, gamma, o, scale, T, H: tl.cons
         b_o += tl.dot(b_q, tl.load(p_h, boundary_check=(0, 1), padding_option="zero"), input_precision=PREC)
         b_s += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
-    b_s = b_s * _causal_decay(b_gam, BT)
+    b_s = b_s * causal_decay(b_gam, BT)
     p_vn = tl.make_block_ptr(v_new + (bos * H + i_h) * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
     b_vn = tl.load(p_vn, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BV]
     b_o = (b_o * tl.exp(b_gam)[:, None] + tl.dot(b_s.to(DT), b_vn, input_precision=PREC)) * scale
@@ -159,7 +152,7 @@ def gated_delta_rule_bwd_dqkwg_kernel(q, k, v_new, h, dh, do, du, gamma, dq, dk,
     b_dgl = tl.sum(tl.sum(b_hdh, 1), 0) * tl.exp(b_gl) + tl.sum(tl.sum(b_k * b_dk, 1), 0)
     # ds^T comes from its own dot: tl.trans of a dot accumulator fed to another dot is miscompiled
     # on Hopper by Triton 3.4 - 3.6 (wrong dk, dg; fla-org/flash-linear-attention#640)
-    b_ds = b_ds * _causal_decay(b_gam, BT) * scale                              # [BT, BT]
+    b_ds = b_ds * causal_decay(b_gam, BT) * scale                              # [BT, BT]
     b_dst = b_dst * _causal_decay_t(b_gam, BT) * scale                          # [BT, BT]
     b_dq += tl.dot(b_ds.to(DT), b_k.to(DT), input_precision=PREC)
     b_dk += tl.dot(b_dst.to(DT), b_q.to(DT), input_precision=PREC)

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import autotune_configs
+from kernels.triton_utils import autotune_configs, interpreting
 
 
 @triton.autotune(
@@ -137,6 +137,69 @@ def ssd_fwd_o_kernel(x, dt, Bm, Cm, D, h, cs, y, T, NT,
     tl.store(p_y, b_acc.to(p_y.dtype.element_ty), boundary_check=(0, 1))
 
 
+# Four tl.dot in one loop: on Hopper, Triton 3.6 miscompiles such kernels when a dot dimension is
+# 16 or 32 (H100: an illegal memory access at BP = 16; kernels/gated_delta_rule/blocks.py has the
+# Triton issues), so the P tile is 64 there (a smaller head is zero-padded); the interpreter keeps
+# small tiles for fast tests. H100, P 64, N 128, chunk 64, T 8k, B 4 (sweep): 4 warps 0.60-0.62 ms
+# at 2-3 stages, 0.70 at 1; 8 warps 1.10-1.45.
+@triton.autotune(
+    configs=autotune_configs([triton.Config({"BP": 16 if interpreting() else 64}, num_warps=4, num_stages=3),
+                              triton.Config({"BP": 64}, num_warps=4, num_stages=2)]),
+    key=["P", "N", "BT"], cache_results=True,
+)
+@triton.jit
+def ssd_fwd_fused_kernel(x, dt, A, Bm, Cm, D, y, h0, ht, T, NT,
+                         H: tl.constexpr, G: tl.constexpr, P: tl.constexpr, N: tl.constexpr,
+                         BT: tl.constexpr, BP: tl.constexpr, BN: tl.constexpr,
+                         HAS_D: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    """The whole forward in one walk over the chunks, per (P tile, batch * head): the running state
+    [BP, N] stays in fp32 registers, so chunk states never reach HBM (the two-kernel path writes and
+    re-reads 2 H P N / Q bytes per token). Per chunk: y = exp(cs) C h^T + causal (C B^T o L) (dt x)
+    + D x, then h <- exp(cs_end) h + (dt x exp(cs_end - cs))^T B. The state feeds the dot in x's
+    dtype, as the two-kernel path stores it."""
+    i_p, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_g = i_h // (H // G)
+    i_b64 = i_b.to(tl.int64)
+    b_A = tl.load(A + i_h).to(tl.float32)
+    o_t = tl.arange(0, BT)
+    m_causal = o_t[:, None] >= o_t[None, :]
+    b_h = tl.zeros([BP, BN], dtype=tl.float32)
+    if HAS_H0:
+        p_h0 = tl.make_block_ptr(h0 + i_bh.to(tl.int64) * P * N, (P, N), (N, 1), (i_p * BP, 0), (BP, BN), (1, 0))
+        b_h = tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    b_D = tl.load(D + i_h).to(tl.float32) if HAS_D else 0.
+    x_base = x + (i_b64 * T * H + i_h) * P
+    bc_off = (i_b64 * T * G + i_g) * N
+    for i_t in range(NT):
+        o_tok = i_t * BT + o_t
+        m_t = o_tok < T
+        b_dt = tl.load(dt + (i_b64 * T + o_tok) * H + i_h, mask=m_t, other=0.).to(tl.float32)  # [BT]
+        b_cs = tl.cumsum(b_dt * b_A, 0)  # padded tokens add 0: cs[BT - 1] is the chunk total
+        b_last = tl.sum(tl.where(o_t == BT - 1, b_cs, 0.), 0)
+        p_x = tl.make_block_ptr(x_base, (T, P), (H * P, 1), (i_t * BT, i_p * BP), (BT, BP), (1, 0))
+        p_B = tl.make_block_ptr(Bm + bc_off, (T, N), (G * N, 1), (i_t * BT, 0), (BT, BN), (1, 0))
+        p_C = tl.make_block_ptr(Cm + bc_off, (T, N), (G * N, 1), (i_t * BT, 0), (BT, BN), (1, 0))
+        b_x = tl.load(p_x, boundary_check=(0, 1), padding_option="zero")  # [BT, BP]
+        b_B = tl.load(p_B, boundary_check=(0, 1), padding_option="zero")  # [BT, BN]
+        b_C = tl.load(p_C, boundary_check=(0, 1), padding_option="zero")  # [BT, BN]
+        b_xf = b_x.to(tl.float32)
+        b_y = tl.dot(b_C, tl.trans(b_h.to(b_C.dtype)), input_precision=PREC) * tl.exp(b_cs)[:, None]  # [BT, BP]
+        b_CB = tl.dot(b_C, tl.trans(b_B), input_precision=PREC)  # [BT, BT]
+        b_L = tl.exp(tl.where(m_causal, b_cs[:, None] - b_cs[None, :], float("-inf")))  # exponent <= 0
+        b_v = (b_xf * b_dt[:, None]).to(b_x.dtype)
+        b_y += tl.dot((b_CB * b_L).to(b_x.dtype), b_v, input_precision=PREC)
+        if HAS_D:
+            b_y += b_D * b_xf
+        p_y = tl.make_block_ptr(y + (i_b64 * T * H + i_h) * P, (T, P), (H * P, 1), (i_t * BT, i_p * BP), (BT, BP), (1, 0))
+        tl.store(p_y, b_y.to(p_y.dtype.element_ty), boundary_check=(0, 1))
+        b_xw = (b_xf * (b_dt * tl.exp(b_last - b_cs))[:, None]).to(b_x.dtype)  # decayed to the chunk end
+        b_h = b_h * tl.exp(b_last) + tl.dot(tl.trans(b_xw), b_B, input_precision=PREC)
+    if STORE_HT:
+        p_ht = tl.make_block_ptr(ht + i_bh.to(tl.int64) * P * N, (P, N), (N, 1), (i_p * BP, 0), (BP, BN), (1, 0))
+        tl.store(p_ht, b_h, boundary_check=(0, 1))
+
+
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative); 16-bit inputs ignore it."""
     return "ieee" if dtype == torch.float32 else "tf32"
@@ -179,3 +242,15 @@ def fwd_output(x, dt, B, C, D, h, cs, BT: int):
     ssd_fwd_o_kernel[grid](x, dt, B, C, D, h, cs, y, T, NT, H=H, G=G, P=P, N=N, BT=BT, BP=pow2(P), BN=pow2(N),
                            HAS_D=D is not None, PREC=dot_precision(x.dtype))
     return y
+
+
+def fwd_fused(x, dt, A, B, C, D, initial_state, BT: int, store_final: bool = True):
+    """Launch ssd_fwd_fused_kernel: (y [B, T, H, P] in x.dtype, final state fp32 or None)."""
+    b, T, H, P = x.shape
+    G, N = B.shape[-2:]
+    y = torch.empty_like(x)
+    ht = x.new_empty(b, H, P, N, dtype=torch.float32) if store_final else None
+    grid = lambda meta: (triton.cdiv(P, meta["BP"]), b * H)
+    ssd_fwd_fused_kernel[grid](x, dt, A, B, C, D, y, initial_state, ht, T, triton.cdiv(T, BT), H=H, G=G, P=P, N=N, BT=BT, BN=pow2(N), HAS_D=D is not None,
+                               HAS_H0=initial_state is not None, STORE_HT=store_final, PREC=dot_precision(x.dtype))
+    return y, ht

@@ -74,13 +74,15 @@ def _id(c):
     return f"B{B}-T{T}-H{H}-K{K}-V{V}-chunk{C}-{gates}-{'h0' if h0 else 'zero'}-{str(dt)[6:]}{mix}"
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-fwd", "two-launch-fwd"])
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
-def test_chunk_matches_recurrence(case, poison_empty):
+def test_chunk_matches_recurrence(case, fused, poison_empty):
+    """Both forward paths (fwd_ho's single walk, fwd_h + fwd_o), each with the one backward."""
     B, T, H, K, V, C, gates, h0, dtype, v_dtype = case
     inputs = _inputs(B, T, H, K, V, gates, dtype, h0, v_dtype)
     do = torch.randn(B, T, H, V, device=DEV, dtype=torch.float64)
     ds = torch.randn(B, H, K, V, device=DEV, dtype=torch.float64)
-    out = _run(chunk_gated_delta_rule, inputs, do, ds, chunk_size=C)
+    out = _run(chunk_gated_delta_rule, inputs, do, ds, chunk_size=C, fused_forward=fused)
     assert out[0].dtype == inputs[2].dtype and out[1].dtype == torch.float32
     tol = TOL[torch.float16 if torch.float16 in (dtype, v_dtype) else torch.float32]
     assert_run_close(out, _reference(inputs, do, ds), tol)
@@ -91,7 +93,8 @@ GUARD_CASES = [(2, 1, 2, 16, 16, 64), (1, 63, 2, 16, 32, 16)]  # B, T, H, K, V, 
 
 @pytest.mark.parametrize("case", GUARD_CASES, ids=[f"B{c[0]}-T{c[1]}-H{c[2]}-K{c[3]}-V{c[4]}-chunk{c[5]}"
                                                     for c in GUARD_CASES])
-def test_chunk_stays_in_bounds(case):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-fwd", "two-launch-fwd"])
+def test_chunk_stays_in_bounds(case, fused):
     """Every input, output and scratch tensor (fwd + bwd, with an initial state) sits inside NaN
     guard bands: no band may change (stray writes) and every result must be finite (stray reads)."""
     B, T, H, K, V, C = case
@@ -99,7 +102,7 @@ def test_chunk_stays_in_bounds(case):
     do, ds = torch.randn(B, T, H, V, device=DEV), torch.randn(B, H, K, V, device=DEV)
     with guarded_allocations() as guards:
         leaves = [guards.wrap(t, name).requires_grad_() for name, t in zip(NAMES, inputs)]
-        o, s = chunk_gated_delta_rule(*leaves[:5], initial_state=leaves[5], chunk_size=C)
+        o, s = chunk_gated_delta_rule(*leaves[:5], initial_state=leaves[5], chunk_size=C, fused_forward=fused)
         grads = torch.autograd.grad((o * do).sum() + (s * ds).sum(), leaves)
         with torch.no_grad():
             o_rec, s_rec = fused_recurrent_gated_delta_rule(*leaves[:5], initial_state=leaves[5])

@@ -56,21 +56,24 @@ def inputs(b, T, H, G, P, N, decay, h0, dtype, with_d=True):
     return {k: (v.requires_grad_() if v is not None else None) for k, v in cast.items()}, ref
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-fwd", "two-kernel-fwd"])
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_chunk_matches_recurrent(case, poison_empty):
+def test_chunk_matches_recurrent(case, fused, poison_empty):
+    """Both forward paths (one walk over the chunks; state pass + output pass), one backward."""
     b, T, H, G, P, N, chunk_size, decay, h0, dtype = case
     t, ref = inputs(b, T, H, G, P, N, decay, h0, dtype)
-    y, h, g = run(chunk_ssd, t, chunk_size=chunk_size)
+    y, h, g = run(chunk_ssd, t, chunk_size=chunk_size, fused_forward=fused)
     assert y.dtype == dtype and h.dtype == torch.float32
     tol = TOL_NEAR0_FP32 if (decay, dtype) == ("near0", torch.float32) else TOL[dtype]
     assert_run_close((y, h, g), run(naive_recurrent_ssd, ref), tol)
 
 
-def test_chunk_without_d_or_final_state(poison_empty):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-fwd", "two-kernel-fwd"])
+def test_chunk_without_d_or_final_state(fused, poison_empty):
     """D = None and output_final_state=False: the state's gradient path is then empty."""
     t, ref = inputs(1, 40, 2, 1, 16, 16, "mixed", True, torch.float32, with_d=False)
     y, h = chunk_ssd(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk_size=16, initial_state=t["h0"],
-                     output_final_state=False)
+                     output_final_state=False, fused_forward=fused)
     assert h is None
     y_ref, _ = naive_recurrent_ssd(ref["x"], ref["dt"], ref["A"], ref["B"], ref["C"], initial_state=ref["h0"])
     dy = torch.randn_like(y)
@@ -93,6 +96,26 @@ def test_chunk_backward_tiling(poison_empty, monkeypatch):
     monkeypatch.setattr(chunk_bwd, "BWD_CHUNK", 16)
     t, ref = inputs(1, 40, 4, 1, 16, 32, "mixed", True, torch.float32)
     assert_run_close(run(chunk_ssd, t, chunk_size=32), run(naive_recurrent_ssd, ref), TOL[torch.float32])
+
+
+def test_fused_forward_caps_its_chunk(poison_empty):
+    """chunk_size 128: the fused forward walks 64-token chunks (FUSED_MAX_CHUNK), the backward
+    its own; the result is the recurrence's either way."""
+    t, ref = inputs(1, 130, 2, 1, 16, 16, "mixed", True, torch.float32)
+    assert_run_close(run(chunk_ssd, t, chunk_size=128, fused_forward=True), run(naive_recurrent_ssd, ref),
+                     TOL[torch.float32])
+
+
+def test_forward_path_follows_the_gpu_size(monkeypatch):
+    """The default forward path: the fused walk once its programs reach the measured programs per
+    SM, the two-kernel one below (the chunk_ssd crossover on a 132-SM H100); the interpreter's
+    CPU always takes the fused one."""
+    from kernels import triton_utils
+    monkeypatch.setattr(triton_utils, "_sm_count", lambda index: 132)
+    gpu = torch.device("cuda", 0)
+    assert triton_utils.sequential_walk_fills(256, gpu, 1.5)  # B 4 x H 64, one P tile: T 8k
+    assert not triton_utils.sequential_walk_fills(128, gpu, 1.5)  # B 2: T 16k
+    assert triton_utils.sequential_walk_fills(1, torch.device("cpu"), 1.5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
