@@ -98,3 +98,14 @@ def causal_decay(b_gam, BT: tl.constexpr):
     """[BT, BT] exp(gamma_r - gamma_j) on and below the diagonal, 0 above (never exp of > 0)."""
     o_t = tl.arange(0, BT)
     return tl.exp(tl.where(o_t[:, None] >= o_t[None, :], b_gam[:, None] - b_gam[None, :], float("-inf")))
+
+
+@triton.jit
+def initial_state_tile(h0, i_bh, i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       USE_H0: tl.constexpr):
+    """The [BK, BV] fp32 state tile a forward walk starts from: h0's tile, or zeros."""
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        p_h0 = tl.make_block_ptr(h0 + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
+        b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    return b_h

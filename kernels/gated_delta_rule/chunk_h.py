@@ -19,7 +19,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.gated_delta_rule.blocks import causal_decay, load_chunk_gamma, prune_fused_walk, prune_state_pass
+from kernels.gated_delta_rule.blocks import (
+    causal_decay,
+    initial_state_tile,
+    load_chunk_gamma,
+    prune_fused_walk,
+    prune_state_pass,
+)
 from kernels.triton_utils import autotune_configs
 
 # V tiles of 64 (no 32-wide dot: see blocks.py); the [K, 64] fp32 state tile wants 4 warps at
@@ -41,10 +47,7 @@ def gated_delta_rule_fwd_h_kernel(k, u, w, gamma, h, v_new, h0, ht, T, H: tl.con
     NT = tl.cdiv(T, BT)
     DT = h.dtype.element_ty
     o_t = tl.arange(0, BT)
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)                                   # the state tile
-    if USE_H0:
-        p_h0 = tl.make_block_ptr(h0 + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
-        b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    b_h = initial_state_tile(h0, i_bh, i_v, K, V, BK, BV, USE_H0)                 # the state tile
     for i_t in range(NT):
         p_h = tl.make_block_ptr(h + ((i_b.to(tl.int64) * NT + i_t) * H + i_h) * K * V, (K, V), (V, 1),
                                 (0, i_v * BV), (BK, BV), (1, 0))
@@ -88,10 +91,7 @@ def gated_delta_rule_fwd_ho_kernel(q, k, u, w, gamma, o, h0, ht, scale, T, H: tl
     NT = tl.cdiv(T, BT)
     DT = w.dtype.element_ty
     o_t = tl.arange(0, BT)
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)                                   # the state tile
-    if USE_H0:
-        p_h0 = tl.make_block_ptr(h0 + i_bh.to(tl.int64) * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
-        b_h += tl.load(p_h0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+    b_h = initial_state_tile(h0, i_bh, i_v, K, V, BK, BV, USE_H0)                 # the state tile
     for i_t in range(NT):
         p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
         p_q = tl.make_block_ptr(q + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
