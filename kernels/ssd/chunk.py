@@ -1,7 +1,7 @@
 """Chunked SSD (Mamba-2) in Triton: ``chunk_ssd``, same semantics as ``naive_chunk_ssd``.
 
-Forward, one of two paths (same products, same roundings; ``fused_forward`` picks, and by default
-the grid size does):
+Forward, one of two paths (at one chunk size, the same products and roundings; ``fused_forward``
+picks, and by default the grid size does):
 - fused (chunk_fwd.ssd_fwd_fused_kernel): one program per (P tile, batch, head) walks the chunks,
   the state in registers, writing y as it goes; chunk states never reach HBM. Its parallelism is
   the (batch, head) pairs alone, so it runs where they fill the GPU.

@@ -1,4 +1,5 @@
-"""Forward kernels of the chunked SSD (Mamba-2) in Triton: chunk states, then chunk outputs.
+"""Forward kernels of the chunked SSD (Mamba-2) in Triton: chunk states, then chunk outputs; or
+both in one walk over the chunks (ssd_fwd_fused_kernel, where the (batch, head) pairs fill the GPU).
 
 Per (batch, head) and chunk of Q tokens, with a_t = dt_t A, cs the chunk-local inclusive cumsum
 of a, h_c the state entering chunk c and v_s = dt_s x_s:
