@@ -55,9 +55,10 @@ def sequential_walk_fills(n_programs: int, device: torch.device, programs_per_sm
     op measures). Always True under the interpreter, which has no SMs to fill."""
     if device.type != "cuda":
         return True
-    return n_programs >= programs_per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return n_programs >= programs_per_sm * _sm_count(index)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count

@@ -84,7 +84,8 @@ def correctness(chunk_fn, dev, smoke, rows):
                     continue
                 for i, (n, x, y) in enumerate(zip(names, out, ref)):
                     tol, err = TOL[dtype][0 if i < 2 else 1], rel(x, y)
-                    rows.append({**row, "tensor": n, "rel_err": err, "tol": tol, "status": "PASS" if err <= tol else "FAIL"})
+                    rows.append({**row, "tensor": n, "rel_err": err, "tol": tol,
+                                 "status": "PASS" if err <= tol else "FAIL"})
 
 
 def stability(chunk_fn, dev, smoke, rows):

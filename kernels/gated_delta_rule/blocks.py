@@ -45,8 +45,13 @@ def state_pass_stages(named_args) -> int:
     in bf16 but 246 KB with q, k in fp32 and 279 KB all fp32; at K = 256, 2 stages take 221 KB in
     bf16 and 287 KB with fp32 q, k (the H100's limit is 227 KB). So: up to 768 bytes of K-wide
     inputs per row, 3 stages; up to 1536, 2; beyond, 1."""
-    row = named_args["K"] * sum(named_args[n].element_size() for n in ("q", "k", "w") if n in named_args)
+    row = _k_row_bytes(named_args)
     return 3 if row <= 768 else 2 if row <= 1536 else 1
+
+
+def _k_row_bytes(named_args) -> int:
+    """Bytes per token row of the K-wide inputs a walk loads (q, k, w, those it has), in their dtypes."""
+    return named_args["K"] * sum(named_args[n].element_size() for n in ("q", "k", "w") if n in named_args)
 
 
 def _with_stages(configs, stages: int) -> list:
@@ -68,7 +73,7 @@ def prune_fused_walk(configs, named_args, **kwargs):
     [BT, BT] scores, so it takes ~50 KB more than the state passes (sm90_check: 189 KB at K = 128,
     bf16, 3 stages; 246 KB at K = 256, bf16, 2 stages, over the H100's 227 KB). Up to 768 bytes of
     K-wide inputs per row, 3 stages; up to 1280 (q, k fp32 and w bf16 at K = 128), 2; beyond, 1."""
-    row = named_args["K"] * sum(named_args[n].element_size() for n in ("q", "k", "w"))
+    row = _k_row_bytes(named_args)
     stages = 3 if row <= 768 else 2 if row <= 1280 else 1
     return _with_stages(prune_bv_fp32(configs, named_args, **kwargs), stages)
 

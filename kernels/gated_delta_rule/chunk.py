@@ -137,15 +137,14 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, BT, store_final, fused):
     B, T, H, K = q.shape
     V, DT = v.shape[-1], dot_dtype(q, k, v)
     gamma, Ai, w, u = _prepare(k, v, g, beta, BT, DT)
+    o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
     if fused:
-        o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
         ht = torch.empty(B, H, K, V, device=k.device, dtype=torch.float32) if store_final else None
         grid = lambda meta: (triton.cdiv(V, meta["BV"]), B * H)
         gated_delta_rule_fwd_ho_kernel[grid](q, k, u, w, gamma, o, h0, ht, scale, T, H, K, V, BT, _pow2(K),
                                              USE_H0=h0 is not None, STORE_HT=store_final, PREC=_prec(DT))
         return o, ht, gamma, Ai
     h, v_new, ht = _fwd_h(k, w, u, gamma, h0, BT, DT, store_final)
-    o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
     grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(T, BT), B * H)
     gated_delta_rule_fwd_o_kernel[grid](q, k, v_new, h, gamma, o, scale, T, H, K, V, BT, min(64, _pow2(K)),
                                         PREC=_prec(DT))

@@ -72,7 +72,7 @@ def gated_delta_rule_fwd_h_kernel(k, u, w, gamma, h, v_new, h0, ht, T, H: tl.con
         tl.store(p_ht, b_h, boundary_check=(0, 1))
 
 
-# H100, H16 K=V=128, T 1k-32k: BV 64 at 4 warps won every T (stages: prune_state_pass).
+# H100, H16 K=V=128, T 1k-32k: BV 64 at 4 warps won every T (stages: prune_fused_walk).
 _CONFIGS_HO = autotune_configs([triton.Config({"BV": 64}, num_warps=4), triton.Config({"BV": 64}, num_warps=8)])
 
 

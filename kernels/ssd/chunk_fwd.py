@@ -192,7 +192,8 @@ def ssd_fwd_fused_kernel(x, dt, A, Bm, Cm, D, y, h0, ht, T, NT,
         b_y += tl.dot((b_CB * b_L).to(b_x.dtype), b_v, input_precision=PREC)
         if HAS_D:
             b_y += b_D * b_xf
-        p_y = tl.make_block_ptr(y + (i_b64 * T * H + i_h) * P, (T, P), (H * P, 1), (i_t * BT, i_p * BP), (BT, BP), (1, 0))
+        p_y = tl.make_block_ptr(y + (i_b64 * T * H + i_h) * P, (T, P), (H * P, 1), (i_t * BT, i_p * BP),
+                                (BT, BP), (1, 0))
         tl.store(p_y, b_y.to(p_y.dtype.element_ty), boundary_check=(0, 1))
         b_xw = (b_xf * (b_dt * tl.exp(b_last - b_cs))[:, None]).to(b_x.dtype)  # decayed to the chunk end
         b_h = b_h * tl.exp(b_last) + tl.dot(tl.trans(b_xw), b_B, input_precision=PREC)
@@ -252,6 +253,7 @@ def fwd_fused(x, dt, A, B, C, D, initial_state, BT: int, store_final: bool = Tru
     y = torch.empty_like(x)
     ht = x.new_empty(b, H, P, N, dtype=torch.float32) if store_final else None
     grid = lambda meta: (triton.cdiv(P, meta["BP"]), b * H)
-    ssd_fwd_fused_kernel[grid](x, dt, A, B, C, D, y, initial_state, ht, T, triton.cdiv(T, BT), H=H, G=G, P=P, N=N, BT=BT, BN=pow2(N), HAS_D=D is not None,
-                               HAS_H0=initial_state is not None, STORE_HT=store_final, PREC=dot_precision(x.dtype))
+    ssd_fwd_fused_kernel[grid](x, dt, A, B, C, D, y, initial_state, ht, T, triton.cdiv(T, BT), H=H, G=G, P=P, N=N,
+                               BT=BT, BN=pow2(N), HAS_D=D is not None, HAS_H0=initial_state is not None,
+                               STORE_HT=store_final, PREC=dot_precision(x.dtype))
     return y, ht
