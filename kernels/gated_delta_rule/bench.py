@@ -16,6 +16,7 @@ time budget (--contender-timeout): a refusal, an abort or a hang there is a row 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from functools import partial
@@ -75,10 +76,12 @@ def correctness(chunk_fn, dev, smoke, rows):
             except Exception as e:  # noqa: BLE001 - a failing shape is a row
                 rows.append({**base, "tensor": "all", "status": f"error: {type(e).__name__}: {e}"[:200]})
                 continue
-            for fused in (True, False):  # both forward paths (the default picks by the grid's size)
-                row = {**base, "fwd": "fused" if fused else "two-launch"}
+            # both forward paths (the default picks by the grid's size), and fwd_prep before the fused walk
+            for fused, fused_prep in ((True, False), (False, False), (True, True)):
+                row = {**base, "fwd": ("fused prep + " if fused_prep else "") + ("fused" if fused else "two-launch")}
                 try:
-                    out = _run(chunk_fn, ins, do, ds, chunk_size=16 if smoke else CHUNK, fused_forward=fused)
+                    with fused_prepare(fused_prep):
+                        out = _run(chunk_fn, ins, do, ds, chunk_size=16 if smoke else CHUNK, fused_forward=fused)
                 except Exception as e:  # noqa: BLE001 - a failing shape is a row
                     rows.append({**row, "tensor": "all", "status": f"error: {type(e).__name__}: {e}"[:200]})
                     continue
@@ -164,6 +167,17 @@ def _lengths(smoke):
 FIRST_DONE: set[str] = set()
 
 
+@contextlib.contextmanager
+def fused_prepare(on: bool):
+    """chunk.FUSED_PREPARE set to ``on`` for the block (kkt + solve + wu as one launch)."""
+    from kernels.gated_delta_rule import chunk  # after main() set the interpreter
+    before, chunk.FUSED_PREPARE = chunk.FUSED_PREPARE, on
+    try:
+        yield
+    finally:
+        chunk.FUSED_PREPARE = before
+
+
 def timing(chunk_fn, dev, smoke, rows, a):
     """Ours in this process (first call recorded at the first T), then fla in a child process."""
     from kernels.gated_delta_rule.chunk import fused_forward_by_default  # after main() set the interpreter
@@ -176,6 +190,10 @@ def timing(chunk_fn, dev, smoke, rows, a):
         path = "fused" if fused else "two-launch"
         _time_rows(rows, f"arena triton ({path} fwd)", T, B, fns, first=None if "chunk" in FIRST_DONE else True)
         FIRST_DONE.add("chunk")
+        with fused_prepare(True):  # the one-launch prep, not yet the default (chunk.FUSED_PREPARE)
+            _time_rows(rows, f"arena triton (fused prep, {path} fwd)", T, B, fns[:1],
+                       first=None if "prep" in FIRST_DONE else True)
+        FIRST_DONE.add("prep")
     run_contender(OP, "fla-chunk", [f"T{T}" for T in _lengths(smoke)], rows, a, lambda c: {"T": int(c[1:])})
 
 

@@ -10,17 +10,19 @@ Forward, per chunk of BT tokens (5 launches):
   1. fwd_kkt   gamma = chunk cumsum of g;  A = tril(b K K^T * exp(gamma_r - gamma_j), -1)  (chunk_wy)
   2. fwd_solve Ai = (I + A)^{-1} by 16 x 16 diagonal blocks + block merges               (chunk_wy)
   3. fwd_wu    W = Ai (b exp(gamma) K), U = Ai (b V)                                     (chunk_wy)
+  or 1-3 as one launch, fwd_prep (``FUSED_PREPARE``: not yet run on a GPU, off by default);
   4. fwd_h     sequential over chunks: h_n, v_new = U - W h_n, h_{n+1}                   (chunk_h)
   5. fwd_o     O = scale ((Q exp(gamma)) h_n + (Q K^T * D) v_new)                        (chunk_o)
   or 4 + 5 as one walk, fwd_ho (chunk_h), where the (batch, head) pairs fill the GPU: h and v_new
   then stay on chip (``fused_forward``; FUSED_PROGRAMS_PER_SM has the measured crossover).
-Backward (W, U, h, v_new recomputed by 3-4, gamma and Ai saved): bwd_dv_local, bwd_dh (reverse
-over chunks), bwd_dqkwg, bwd_wy (dk, dv, dbeta, dg via a chunk-local reverse cumsum).
+Backward (gamma and Ai saved; W, U recomputed by fwd_wu, h, v_new by fwd_h): bwd_dv_local, bwd_dh
+(reverse over chunks), bwd_dqkwg, bwd_wy (dk, dv, dbeta, dg via a chunk-local reverse cumsum).
 
 Per token and head at K = V = 128, BT = 64, bf16 (2 bytes) inputs: the forward must read q, k, v
-(3 x 256 B) and g, beta, write o (256 B): ~1 KiB floor; this implementation moves ~4.1 KiB (A and
-Ai scratch 256 + 384 B, W, U, v_new 768 B written and read again, h 512 B written and read);
-fwd_ho saves v_new's and h's round trips (~1.5 KiB).
+(3 x 256 B) and g, beta, write o (256 B): ~1 KiB floor; this implementation moves ~4.8 KiB (A's fp32
+scratch 256 B written and read, Ai 128 B written and read, k read twice, W, U, v_new 768 B written
+and read again, h 512 B written and read); fwd_ho saves v_new's and h's round trips (~1.5 KiB),
+fwd_prep A's read, Ai's read and k's second read (~0.9 KiB).
 FLOPs ~ 2 BT (3K + 3V) + 10 K V ~ 0.26 MFLOP (fwd); ~2.5x that for fwd + bwd (incl. recompute).
 """
 from __future__ import annotations
@@ -43,6 +45,7 @@ from kernels.gated_delta_rule.chunk_o import (
 from kernels.gated_delta_rule.chunk_wy import (
     gated_delta_rule_bwd_wy_kernel,
     gated_delta_rule_fwd_kkt_kernel,
+    gated_delta_rule_fwd_prep_kernel,
     gated_delta_rule_fwd_solve_kernel,
     gated_delta_rule_fwd_wu_kernel,
 )
@@ -85,16 +88,29 @@ def check_inputs(op: str, q, k, v, g, beta, initial_state=None) -> None:
         raise ValueError(f"{op}: initial_state must be [B, H, K, V] = {(B, H, K, V)}; got {tuple(initial_state.shape)}")
 
 
+# kkt, solve and wu as one launch (fwd_prep) instead of three. It moves ~0.9 KiB less per token and
+# head (A's fp32 round trip, Ai's read, k's second read) and solves the diagonal blocks together;
+# it passes every CPU check against the fp64 recurrence and compiles for sm_90 within its shared
+# memory, but it has not run on a GPU yet (no device was lent on 2026-12-08): the three measured
+# launches stay the default until the bench's "fused prep" rows and a GPU correctness run decide.
+FUSED_PREPARE = False
+
+
 def _prepare(k, v, g, beta, BT, DT):
-    """Launches 1-3: gamma (fp32), Ai (dot dtype), W, U (dot dtype)."""
+    """gamma (fp32), Ai (dot dtype), W, U (dot dtype): fwd_prep, or fwd_kkt + fwd_solve + fwd_wu."""
     B, T, H, K = k.shape
-    NT, prec = triton.cdiv(T, BT), _prec(DT)
+    V, NT, prec = v.shape[-1], triton.cdiv(T, BT), _prec(DT)
     gamma = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
-    A = torch.empty(B, T, H, BT, device=k.device, dtype=torch.float32)
+    A = torch.empty(B, T, H, BT, device=k.device, dtype=torch.float32)       # fp32 scratch
     Ai = torch.empty(B, T, H, BT, device=k.device, dtype=DT)
-    gated_delta_rule_fwd_kkt_kernel[(NT, B * H)](k, g, beta, gamma, A, Ai, T, H, K, BT, min(64, _pow2(K)), prec)
-    gated_delta_rule_fwd_solve_kernel[(NT, B * H)](A, Ai, T, H, BT)
-    w, u = _recompute_wu(k, v, beta, gamma, Ai, BT, DT)
+    if not FUSED_PREPARE:
+        gated_delta_rule_fwd_kkt_kernel[(NT, B * H)](k, g, beta, gamma, A, Ai, T, H, K, BT, min(64, _pow2(K)), prec)
+        gated_delta_rule_fwd_solve_kernel[(NT, B * H)](A, Ai, T, H, BT)
+        return (gamma, Ai, *_recompute_wu(k, v, beta, gamma, Ai, BT, DT))
+    w = torch.empty(B, T, H, K, device=k.device, dtype=DT)
+    u = torch.empty(B, T, H, V, device=k.device, dtype=DT)
+    gated_delta_rule_fwd_prep_kernel[(NT, B * H)](k, v, g, beta, gamma, A, Ai, w, u, T, H, K, V, BT,
+                                                  min(64, _pow2(K)), min(64, _pow2(V)), prec)
     return gamma, Ai, w, u
 
 

@@ -5,12 +5,16 @@ tokens (``gamma_r = sum_{s<=r} g_s`` chunk-locally, ``b = beta``):
     Ai = (I + A)^{-1}                                          [BT, BT]   (fwd_solve)
     W  = Ai (b exp(gamma) K),  U = Ai (b V)                    [BT, K], [BT, V]   (fwd_wu)
 
-and the backward of all three in one kernel (bwd_wy). ``(I + A)^{-1}`` is built from 16 x 16
-diagonal blocks inverted by forward substitution in registers, merged row-block by row-block
-(``Ai_ij = -Ai_ii sum_{j<=m<i} A_im Ai_mj``) with fp32 ("ieee") dots.
+or all three in one program per chunk (fwd_prep, not yet the default: chunk.FUSED_PREPARE), and
+the backward of all three in one kernel (bwd_wy). ``(I + A)^{-1}`` is built from 16 x 16 diagonal
+blocks inverted by forward substitution (fwd_solve: one block after another; fwd_prep: all of them
+together), merged row-block by row-block (``Ai_ij = -Ai_ii sum_{j<=m<i} A_im Ai_mj``) with fp32
+("ieee") dots.
 
 HBM per token and head (dot dtype d bytes, fp32 scratch 4 bytes): kkt reads K + 2 scalars, writes
 gamma + BT fp32 of A; solve reads BT fp32, writes BT d; wu reads BT d + K + V, writes (K + V) d.
+fwd_prep reads K + V + 2 scalars and writes gamma, BT d of Ai and (K + V) d of W, U; its A scratch
+is written and read back by the same program (L1 / L2), as is Ai.
 FLOPs per token and head: 2 BT K (K K^T) + 2 BT (K + V) (W, U) + ~BT * 16 (block inverses).
 """
 from __future__ import annotations
@@ -28,16 +32,12 @@ _WARPS = autotune_configs([triton.Config({}, num_warps=4), triton.Config({}, num
 _WARPS_SOLVE = autotune_configs([triton.Config({}, num_warps=1), triton.Config({}, num_warps=2)])
 
 
-@triton.autotune(configs=_WARPS, key=["H", "K", "BT"], cache_results=True,
-                  prune_configs_by={"early_config_prune": prune_fp32_warps})
 @triton.jit
-def gated_delta_rule_fwd_kkt_kernel(k, g, beta, gamma, A, Ai, T, H: tl.constexpr, K: tl.constexpr,
-                                    BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """gamma = chunk-local cumsum of g (fp32) and A (fp32, strictly lower); K K^T runs on
-    operands in the dot dtype (Ai's, only read for its dtype), accumulating in fp32."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    bos = i_b.to(tl.int64) * T                                   # int64: B*T*H*K overflows int32
+def _chunk_kkt(k, g, beta, gamma, bos, i_h, i_t, T, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+               BK: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+    """Chunk ``i_t``'s gamma (the chunk-local cumsum of g, stored: the later passes read it) and
+    ``A`` (fp32 [BT, BT], strictly lower); K K^T runs on ``DT`` operands, accumulating in fp32.
+    Returns ``(A, gamma, beta)`` of the chunk, fp32."""
     p_g = tl.make_block_ptr(g + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     p_b = tl.make_block_ptr(beta + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
     p_gam = tl.make_block_ptr(gamma + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
@@ -47,13 +47,24 @@ def gated_delta_rule_fwd_kkt_kernel(k, g, beta, gamma, A, Ai, T, H: tl.constexpr
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(Ai.dtype.element_ty)      # [BT, BK]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(DT)                        # [BT, BK]
         b_A += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     o_t = tl.arange(0, BT)
-    m_A = o_t[:, None] > o_t[None, :]
     # exp only of gamma_r - gamma_j <= 0 (the masked entries get exp(-inf) = 0)
-    b_D = tl.exp(tl.where(m_A, b_gam[:, None] - b_gam[None, :], float("-inf")))
-    b_A = b_A * b_D * b_beta[:, None]
+    b_D = tl.exp(tl.where(o_t[:, None] > o_t[None, :], b_gam[:, None] - b_gam[None, :], float("-inf")))
+    return b_A * b_D * b_beta[:, None], b_gam, b_beta
+
+
+@triton.autotune(configs=_WARPS, key=["H", "K", "BT"], cache_results=True,
+                  prune_configs_by={"early_config_prune": prune_fp32_warps})
+@triton.jit
+def gated_delta_rule_fwd_kkt_kernel(k, g, beta, gamma, A, Ai, T, H: tl.constexpr, K: tl.constexpr,
+                                    BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """gamma and A (fp32 scratch) of one chunk; K K^T in the dot dtype (Ai's, only read for it)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos = i_b.to(tl.int64) * T                                   # int64: B*T*H*K overflows int32
+    b_A, _, _ = _chunk_kkt(k, g, beta, gamma, bos, i_h, i_t, T, H, K, BT, BK, Ai.dtype.element_ty, PREC)
     p_A = tl.make_block_ptr(A + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
     tl.store(p_A, b_A, boundary_check=(0, 1))
 
@@ -86,31 +97,49 @@ def _inv16(A, T, H: tl.constexpr, BT: tl.constexpr, row, col):
 
 
 @triton.jit
+def _diagonal_blocks(r0, T, H: tl.constexpr, BT: tl.constexpr):
+    """Offsets and mask of the chunk's ``BT / 16`` diagonal [16, 16] blocks, as [BT / 16, 16, 16]."""
+    o_d = tl.arange(0, BT // 16)[:, None, None]
+    o_i = tl.arange(0, 16)[None, :, None]
+    row = r0 + 16 * o_d + o_i
+    return row * (H * BT) + 16 * o_d + tl.arange(0, 16)[None, None, :], row < T
+
+
+@triton.jit
+def _invert_diagonal(A, r0, T, H: tl.constexpr, BT: tl.constexpr):
+    """(I + tril(A_dd, -1))^{-1} of every diagonal [16, 16] block at once, by forward substitution
+    (X = inverse - I solves X_i = N_i + sum_{j<i} N_ij X_j, N = -A; rows 0, 1 are N's): the
+    ``BT / 16`` independent substitutions advance together, row by row, [BT / 16, 16, 16] fp32."""
+    offs, mask = _diagonal_blocks(r0, T, H, BT)
+    o_i = tl.arange(0, 16)[None, :, None]
+    o_j = tl.arange(0, 16)[None, None, :]
+    b_N = -tl.where(o_i > o_j, tl.load(A + offs, mask=mask, other=0.), 0.)
+    b_X = b_N
+    for i in tl.static_range(2, 16):
+        b_n = tl.sum(tl.where(o_i == i, b_N, 0.), 1)                  # row i of each block  [BT / 16, 16]
+        b_x = b_n + tl.sum(b_n[:, :, None] * b_X, 1)
+        b_X = tl.where(o_i == i, b_x[:, None, :], b_X)
+    return b_X + tl.where(o_i == o_j, 1., 0.)
+
+
+@triton.jit
 def _mm(a, b):
     return tl.dot(a, b, input_precision="ieee")
 
 
-@triton.autotune(configs=_WARPS_SOLVE, key=["H", "BT"], cache_results=True)
 @triton.jit
-def gated_delta_rule_fwd_solve_kernel(A, Ai, T, H: tl.constexpr, BT: tl.constexpr):
-    """Ai = (I + A)^{-1} per chunk; BT in {16, 32, 64}: 1, 2 or 4 diagonal 16-blocks."""
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    base = (i_b.to(tl.int64) * T * H + i_h) * BT
-    A, Ai = A + base, Ai + base
-    r0 = i_t * BT
-    b_00 = _inv16(A, T, H, BT, r0, 0)
+def _merge(A, Ai, r0, T, H: tl.constexpr, BT: tl.constexpr, b_00, b_11, b_22, b_33):
+    """Stores Ai = (I + A)^{-1} of the chunk at row ``r0`` from its diagonal blocks' inverses
+    ``b_dd`` (BT in {16, 32, 64}: 1, 2 or 4 of them; the unused ones are ignored), merging row-block
+    by row-block with fp32 dots on A's off-diagonal blocks."""
     _store16(Ai, T, H, BT, r0, 0, b_00)
     if BT >= 32:
-        b_11 = _inv16(A, T, H, BT, r0 + 16, 16)
         b_10 = -_mm(b_11, _mm(_load16(A, T, H, BT, r0 + 16, 0), b_00))
         z = tl.zeros([16, 16], dtype=tl.float32)
         _store16(Ai, T, H, BT, r0, 16, z)
         _store16(Ai, T, H, BT, r0 + 16, 0, b_10)
         _store16(Ai, T, H, BT, r0 + 16, 16, b_11)
         if BT == 64:
-            b_22 = _inv16(A, T, H, BT, r0 + 32, 32)
-            b_33 = _inv16(A, T, H, BT, r0 + 48, 48)
             a_20, a_21 = _load16(A, T, H, BT, r0 + 32, 0), _load16(A, T, H, BT, r0 + 32, 16)
             a_30, a_31 = _load16(A, T, H, BT, r0 + 48, 0), _load16(A, T, H, BT, r0 + 48, 16)
             a_32 = _load16(A, T, H, BT, r0 + 48, 32)
@@ -133,22 +162,49 @@ def gated_delta_rule_fwd_solve_kernel(A, Ai, T, H: tl.constexpr, BT: tl.constexp
             _store16(Ai, T, H, BT, r0 + 48, 48, b_33)
 
 
-@triton.autotune(configs=_WARPS, key=["H", "K", "V", "BT"], cache_results=True,
-                  prune_configs_by={"early_config_prune": prune_fp32_warps})
+@triton.autotune(configs=_WARPS_SOLVE, key=["H", "BT"], cache_results=True)
 @triton.jit
-def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constexpr, K: tl.constexpr,
-                                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                                   PREC: tl.constexpr):
-    """W = Ai (b exp(gamma) K), U = Ai (b V), stored in the dot dtype (w's)."""
+def gated_delta_rule_fwd_solve_kernel(A, Ai, T, H: tl.constexpr, BT: tl.constexpr):
+    """Ai = (I + A)^{-1} per chunk, the diagonal blocks one after another (``_inv16``)."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    bos = i_b.to(tl.int64) * T
+    base = (i_b.to(tl.int64) * T * H + i_h) * BT
+    A, Ai = A + base, Ai + base
+    r0 = i_t * BT
+    b_00 = _inv16(A, T, H, BT, r0, 0)
+    b_11, b_22, b_33 = b_00, b_00, b_00                  # (unused below BT = 32, 64)
+    if BT >= 32:
+        b_11 = _inv16(A, T, H, BT, r0 + 16, 16)
+    if BT == 64:
+        b_22 = _inv16(A, T, H, BT, r0 + 32, 32)
+        b_33 = _inv16(A, T, H, BT, r0 + 48, 48)
+    _merge(A, Ai, r0, T, H, BT, b_00, b_11, b_22, b_33)
+
+
+@triton.jit
+def _solve_in_scratch(A, Ai, r0, T, H: tl.constexpr, BT: tl.constexpr):
+    """fwd_prep's Ai = (I + A)^{-1} of the chunk at row ``r0``, A read from the fp32 scratch this
+    program wrote: all diagonal inverses at once (``_invert_diagonal``), written over A's diagonal
+    blocks (no longer needed) and read back from L1 as [16, 16] blocks for ``_merge``."""
+    b_X = _invert_diagonal(A, r0, T, H, BT)
+    offs, mask = _diagonal_blocks(r0, T, H, BT)
+    tl.debug_barrier()                                   # every thread has read A's diagonal
+    tl.store(A + offs, b_X, mask=mask)
+    tl.debug_barrier()                                   # the inverses are visible to every thread
+    b_00 = _load16(A, T, H, BT, r0, 0)
+    b_11, b_22, b_33 = b_00, b_00, b_00                  # (unused below BT = 32, 64)
+    if BT >= 32:
+        b_11 = _load16(A, T, H, BT, r0 + 16, 16)
+    if BT == 64:
+        b_22, b_33 = _load16(A, T, H, BT, r0 + 32, 32), _load16(A, T, H, BT, r0 + 48, 48)
+    _merge(A, Ai, r0, T, H, BT, b_00, b_11, b_22, b_33)
+
+
+@triton.jit
+def _chunk_wu(k, v, b_beta, b_gam, b_Ai, w, u, bos, i_h, i_t, T, H: tl.constexpr, K: tl.constexpr,
+              V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """W = Ai (b exp(gamma) K), U = Ai (b V) of chunk ``i_t``, stored in the dot dtype (w's)."""
     DT = w.dtype.element_ty
-    p_b = tl.make_block_ptr(beta + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
-    p_Ai = tl.make_block_ptr(Ai + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
-    b_beta = tl.load(p_b, boundary_check=(0,), padding_option="zero").to(tl.float32)
-    b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
-    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BT]
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
         p_w = tl.make_block_ptr(w + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
@@ -161,6 +217,48 @@ def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constex
         b_vb = tl.load(p_v, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_beta[:, None]
         b_u = tl.dot(b_Ai, b_vb.to(DT), input_precision=PREC)                 # [BT, BV]
         tl.store(p_u, b_u.to(DT), boundary_check=(0, 1))
+
+
+@triton.autotune(configs=_WARPS, key=["H", "K", "V", "BT"], cache_results=True,
+                  prune_configs_by={"early_config_prune": prune_fp32_warps})
+@triton.jit
+def gated_delta_rule_fwd_prep_kernel(k, v, g, beta, gamma, A, Ai, w, u, T, H: tl.constexpr, K: tl.constexpr,
+                                     V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                                     PREC: tl.constexpr):
+    """gamma, A, Ai = (I + A)^{-1}, W and U of one chunk in one program. A goes through the fp32
+    scratch ``A`` (the solve reads it block by block) and comes back from L1 / L2, as Ai does for
+    the W, U dots; k is read from HBM once for K K^T and W."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos = i_b.to(tl.int64) * T                                   # int64: B*T*H*K overflows int32
+    b_A, b_gam, b_beta = _chunk_kkt(k, g, beta, gamma, bos, i_h, i_t, T, H, K, BT, BK, w.dtype.element_ty, PREC)
+    base = (bos * H + i_h) * BT
+    p_A = tl.make_block_ptr(A + base, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
+    tl.store(p_A, b_A, boundary_check=(0, 1))
+    tl.debug_barrier()                                   # A complete before any thread reads it back
+    _solve_in_scratch(A + base, Ai + base, i_t * BT, T, H, BT)
+    tl.debug_barrier()
+    p_Ai = tl.make_block_ptr(Ai + base, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
+    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BT]
+    _chunk_wu(k, v, b_beta, b_gam, b_Ai, w, u, bos, i_h, i_t, T, H, K, V, BT, BK, BV, PREC)
+
+
+@triton.autotune(configs=_WARPS, key=["H", "K", "V", "BT"], cache_results=True,
+                  prune_configs_by={"early_config_prune": prune_fp32_warps})
+@triton.jit
+def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constexpr, K: tl.constexpr,
+                                   V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                                   PREC: tl.constexpr):
+    """W and U again from the saved Ai and gamma (the backward's recompute)."""
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    bos = i_b.to(tl.int64) * T
+    p_b = tl.make_block_ptr(beta + bos * H + i_h, (T,), (H,), (i_t * BT,), (BT,), (0,))
+    p_Ai = tl.make_block_ptr(Ai + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
+    b_beta = tl.load(p_b, boundary_check=(0,), padding_option="zero").to(tl.float32)
+    b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
+    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BT]
+    _chunk_wu(k, v, b_beta, b_gam, b_Ai, w, u, bos, i_h, i_t, T, H, K, V, BT, BK, BV, PREC)
 
 
 @triton.autotune(configs=_WARPS, key=["H", "K", "V", "BT"], cache_results=True,

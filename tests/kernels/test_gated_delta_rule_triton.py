@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("triton")
 
+import kernels.gated_delta_rule.chunk as chunk_module
 from kernels.gated_delta_rule import gated_delta_rule_step, naive_recurrent_gated_delta_rule
 from kernels.gated_delta_rule.chunk import chunk_gated_delta_rule
 from kernels.gated_delta_rule.recurrent import (
@@ -74,10 +75,17 @@ def _id(c):
     return f"B{B}-T{T}-H{H}-K{K}-V{V}-chunk{C}-{gates}-{'h0' if h0 else 'zero'}-{str(dt)[6:]}{mix}"
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-fwd", "two-launch-fwd"])
+# (fused_forward, FUSED_PREPARE): fwd_ho's single walk or fwd_h + fwd_o, after kkt + solve + wu or
+# after fwd_prep's one launch (not yet the default: see chunk.FUSED_PREPARE)
+PATHS = {"fused-fwd": (True, False), "two-launch-fwd": (False, False), "fused-prep-fused-fwd": (True, True)}
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
-def test_chunk_matches_recurrence(case, fused, poison_empty):
-    """Both forward paths (fwd_ho's single walk, fwd_h + fwd_o), each with the one backward."""
+def test_chunk_matches_recurrence(case, path, poison_empty, monkeypatch):
+    """Every forward path, each with the one backward."""
+    fused, fused_prepare = PATHS[path]
+    monkeypatch.setattr(chunk_module, "FUSED_PREPARE", fused_prepare)
     B, T, H, K, V, C, gates, h0, dtype, v_dtype = case
     inputs = _inputs(B, T, H, K, V, gates, dtype, h0, v_dtype)
     do = torch.randn(B, T, H, V, device=DEV, dtype=torch.float64)
@@ -93,10 +101,12 @@ GUARD_CASES = [(2, 1, 2, 16, 16, 64), (1, 63, 2, 16, 32, 16)]  # B, T, H, K, V, 
 
 @pytest.mark.parametrize("case", GUARD_CASES, ids=[f"B{c[0]}-T{c[1]}-H{c[2]}-K{c[3]}-V{c[4]}-chunk{c[5]}"
                                                     for c in GUARD_CASES])
-@pytest.mark.parametrize("fused", [True, False], ids=["fused-fwd", "two-launch-fwd"])
-def test_chunk_stays_in_bounds(case, fused):
+@pytest.mark.parametrize("path", PATHS)
+def test_chunk_stays_in_bounds(case, path, monkeypatch):
     """Every input, output and scratch tensor (fwd + bwd, with an initial state) sits inside NaN
     guard bands: no band may change (stray writes) and every result must be finite (stray reads)."""
+    fused, fused_prepare = PATHS[path]
+    monkeypatch.setattr(chunk_module, "FUSED_PREPARE", fused_prepare)
     B, T, H, K, V, C = case
     inputs = _inputs(B, T, H, K, V, "near1", torch.float32, True)
     do, ds = torch.randn(B, T, H, V, device=DEV), torch.randn(B, H, K, V, device=DEV)
