@@ -262,7 +262,7 @@ def first_calls(dev, Dch, N, T, chunk, rows):
     x = {k: (v.detach()[:, 0].contiguous() if k in ("u", "delta", "B", "C", "z")
              else v.detach() if v is not None else None) for k, v in t.items()}
     state = torch.zeros(1, Dch, N, device=dev)
-    rows.append(dict(kernel="selective_scan_step_kernel (+ autotune)", s=first_call_s(
+    rows.append(dict(kernel="selective_scan_step_kernel", s=first_call_s(
         lambda: fused_selective_scan_step(x["u"], x["delta"], x["A"], x["B"], x["C"], state, x["D"], x["z"],
                                           delta_bias=x["delta_bias"], delta_softplus=True))))
 
