@@ -101,6 +101,7 @@ def _gated_delta_rule(a) -> None:
     import torch
     import torch.nn.functional as F
 
+    from kernels.gated_delta_rule import chunk
     from kernels.gated_delta_rule.chunk import chunk_gated_delta_rule
     _accept_cpu_tensors()
     B, T, H, K, V = 1, 2 * a.chunk, 1, a.K, a.V
@@ -113,6 +114,11 @@ def _gated_delta_rule(a) -> None:
     h0 = torch.zeros(B, H, K, V, requires_grad=True)
     with torch.no_grad():  # the two-launch forward (the fused one runs below, with the backward)
         chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0, fused_forward=False)
+        chunk.FUSED_PREPARE, before = True, chunk.FUSED_PREPARE  # and fwd_prep, not yet the default
+        try:
+            chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0)
+        finally:
+            chunk.FUSED_PREPARE = before
     o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0, fused_forward=True)
     (o.float().sum() + s.sum()).backward()
 
@@ -136,15 +142,22 @@ def _mlstm(a) -> None:
     """The chunkwise mLSTM: q, k, v in --dtype, K = --K, V = --V, with an initial state."""
     import torch
 
-    from kernels.mlstm.chunk import chunk_mlstm
+    from kernels.mlstm.chunk import chunk_mlstm, fused_forward_fits
     _accept_cpu_tensors()
     dt, T = _dtype(a.dtype), 2 * a.chunk
+    fused = fused_forward_fits(a.K, a.chunk, dt)  # where the fused walk does not fit, chunk_mlstm refuses it
     q, k = (torch.randn(1, T, 2, a.K, dtype=dt, requires_grad=True) for _ in range(2))
     v = torch.randn(1, T, 2, a.V, dtype=dt, requires_grad=True)
     i, f = (torch.randn(1, T, 2, dtype=dt, requires_grad=True) for _ in range(2))
     state = (torch.zeros(1, 2, a.K, a.V, requires_grad=True), torch.zeros(1, 2, a.K, requires_grad=True),
              torch.zeros(1, 2, requires_grad=True))
-    h, (C, n, m) = chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state)
+    # the two-pass forward as training runs it, and the fused walk without SAVE (inference); the
+    # fused walk with SAVE runs below, with the backward
+    chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=False)
+    if fused:
+        with torch.no_grad():
+            chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=True)
+    h, (C, n, m) = chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=fused)
     (h.float().sum() + C.sum() + n.sum() + m.sum()).backward()
 
 

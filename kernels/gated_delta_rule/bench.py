@@ -93,12 +93,16 @@ def correctness(chunk_fn, dev, smoke, rows):
 
 def stability(chunk_fn, dev, smoke, rows):
     T = 40 if smoke else 65536
-    for gates, fused in (("near1", True), ("near0", True), ("near1", False), ("near0", False)):
-        print(f"# stability T={T} gates={gates} fused_forward={fused}", flush=True)
+    for gates, fused, prep in ((g, f, p) for f, p in ((True, False), (False, False), (True, True))
+                               for g in ("near1", "near0")):
+        print(f"# stability T={T} gates={gates} fused_forward={fused} fused_prepare={prep}", flush=True)
+        path = ("fused prep + " if prep else "") + ("fused" if fused else "two-launch")
         try:
             dt = torch.bfloat16 if dev == "cuda" else torch.float32
             ins = make_inputs(1, T, 2, 16 if smoke else K, 16 if smoke else V, dt, dev, gates=gates, h0=True, grad=True)
-            o, s = chunk_fn(*ins[:5], initial_state=ins[5], chunk_size=16 if smoke else CHUNK, fused_forward=fused)
+            with fused_prepare(prep):
+                o, s = chunk_fn(*ins[:5], initial_state=ins[5], chunk_size=16 if smoke else CHUNK,
+                                fused_forward=fused)
             (o.float().sum() + s.sum()).backward()
             with torch.no_grad():
                 o_ref, s_ref = naive_chunk_gated_delta_rule(*(t.float() for t in ins[:5]), chunk_size=64,
@@ -106,12 +110,10 @@ def stability(chunk_fn, dev, smoke, rows):
             finite = all(bool(torch.isfinite(t).all()) for t in (o, s, *(x.grad for x in ins)))
             eo, es = rel(o, o_ref), rel(s, s_ref)
             ok = finite and eo <= 2e-2 and es <= 2e-2
-            rows.append({"T": T, "gates": gates, "fwd": "fused" if fused else "two-launch",
-                         "finite (o, state, grads)": finite, "o rel_err": eo,
+            rows.append({"T": T, "gates": gates, "fwd": path, "finite (o, state, grads)": finite, "o rel_err": eo,
                          "state rel_err": es, "tol": 2e-2, "status": "PASS" if ok else "FAIL"})
         except Exception as e:  # noqa: BLE001
-            rows.append({"T": T, "gates": gates, "fwd": "fused" if fused else "two-launch",
-                         "status": f"error: {type(e).__name__}: {e}"[:200]})
+            rows.append({"T": T, "gates": gates, "fwd": path, "status": f"error: {type(e).__name__}: {e}"[:200]})
 
 
 def fwd_bytes(B, T, dt_bytes=2):

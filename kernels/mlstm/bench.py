@@ -5,11 +5,14 @@ measured; each public contender runs in its own child process with a time budget
 (--contender-timeout), so an LLVM abort or a hang inside it becomes a row with the reason.
 
 1. correctness against ``naive_chunk_mlstm`` in fp64 on the same (rounded) values, bf16 / fp16 /
-   fp32 inputs, T = 1, 63, 130, 1000: h, the invariant final state and every gradient;
-2. T = 65536 stability with gates at both extremes against the naive chunked form in fp32;
+   fp32 inputs, T = 1, 63, 130, 1000: h, the invariant final state and every gradient, for both
+   forward paths (the fused walk and the two passes; column ``fwd``);
+2. T = 65536 stability with gates at both extremes against the naive chunked form in fp32, both
+   forward paths;
 3. timing (bf16, B*T = 32768, chunk 64) of fwd and fwd+bwd at two head shapes:
    ``xlstm-d1024`` = arena's xlstm mixer at d_model 1024 (H 4, K 128, V 256) and
-   ``mlstm_kernels`` = mlstm_kernels' benchmark shape (H 16, K = V = 128); the contender
+   ``mlstm_kernels`` = mlstm_kernels' benchmark shape (H 16, K = V = 128), arena's rows for each
+   forward path that fits (the two passes and the fused walk, named in ``impl``); the contender
    ``mlstm_kernels.torch.chunkwise.triton_xl_chunk.mlstm_chunkwise__xl_chunk`` (layout
    [B, H, T, D], raw gate preactivations, converted outside the timed region); decode-step latency
    at B = 1 and 64 against mlstm_kernels' triton step; first-call (compile + autotune) seconds; the
@@ -79,7 +82,7 @@ def check_correctness(dev, smoke, rows):
     bf, hf, f = torch.bfloat16, torch.float16, torch.float32
     # the timing shapes' head dims and chunk, so the bf16 compiles + autotunes serve the timing:
     # bf16 at T = 1, a ragged T and T = 1000; fp16 / fp32 at one shape each (each dtype x shape
-    # compiles all seven kernels)
+    # compiles every kernel of both forward paths and the backward)
     cases = [(bf, 2, 1, 2, 128, 256, 64, "near1"), (bf, 1, 130, 2, 128, 256, 64, "i0"),
              (bf, 1, 1000, 2, 128, 128, 64, "near1"), (hf, 2, 63, 2, 128, 128, 64, "near0"),
              (bf, 2, 63, 2, 128, 128, 64, "near0"), (hf, 1, 1000, 2, 128, 128, 64, "near1"),
@@ -90,31 +93,44 @@ def check_correctness(dev, smoke, rows):
         x, s = _inputs(B, T, H, K, V, dt, dev, gates)
         ref, m_ref = _grads(naive_chunk_mlstm, {k: t.double() for k, t in x.items()},
                             tuple(t.double() for t in s), chunk_size=L)
-        out, _ = _grads(chunk_mlstm, x, s, m_ref=m_ref, chunk_size=L)
         # the conditioning floor: the reference's own formula in fp32 on the same values
         r32, _ = _grads(naive_chunk_mlstm, {k: t.float() for k, t in x.items()},
                         tuple(t.float() for t in s), m_ref=m_ref.float(), chunk_size=L)
-        for name in ref:
-            tol, floor = TOL[dt][0 if name in ("h", "C", "n") else 1], _rel(r32[name], ref[name])
-            a, b, note = out[name], ref[name], ""
-            if dt == torch.float32 and COND_FACTOR * floor > tol:
-                # ill-conditioned in fp32 itself (dm0 sums large cancelling terms; measured on an
-                # H100: 1.3e-3 against the reference formula's own 1.0e-4): scale with that floor
-                tol, note = COND_FACTOR * floor, f"tol = {COND_FACTOR} x the fp32 reference's own error"
-            # a true value past the dtype's range (fp16: 65504) can only come back as inf (autograd
-            # casts every gradient to its input's dtype): score the rest, require inf there
-            big = b.abs() > torch.finfo(a.dtype).max
-            if big.any():
-                note = f"{int(big.sum())} true values exceed {str(a.dtype)[6:]} range (max {b.abs().max().item():.3g})"
-                ok_big = bool((a[big].double().abs() >= torch.finfo(a.dtype).max).all())
-                a, b = a[~big], b[~big]
-            else:
-                ok_big = True
-            err = _rel(a, b)
-            ok = err <= tol and bool(torch.isfinite(a).all()) and ok_big
-            rows.append(dict(shape=f"B{B}-T{T}-H{H}-K{K}-V{V}-chunk{L}-{gates}", dtype=str(dt)[6:],
-                             tensor=name, rel_err=err, tol=tol, result="PASS" if ok else "FAIL",
-                             ref_fp32_err=floor, note=note))
+        base = dict(shape=f"B{B}-T{T}-H{H}-K{K}-V{V}-chunk{L}-{gates}", dtype=str(dt)[6:])
+        for fused in (True, False):  # both forward paths (the default picks by the grid's size)
+            row = dict(**base, fwd="fused" if fused else "two-pass")
+            print(f"# correctness {row}", flush=True)  # a hard crash (abort, IMA) is named by this line
+            try:
+                out, _ = _grads(chunk_mlstm, x, s, m_ref=m_ref, chunk_size=L, fused_forward=fused)
+            except Exception as e:  # noqa: BLE001 - a failing path is a row
+                rows.append(dict(**row, tensor="all", result=f"error: {type(e).__name__}: {str(e)[:160]}"))
+                continue
+            _score(out, ref, r32, dt, row, rows)
+
+
+def _score(out, ref, r32, dt, row, rows):
+    """One row per tensor: its error against the fp64 reference, PASS / FAIL at the dtype's tolerance."""
+    for name in ref:
+        tol, floor = TOL[dt][0 if name in ("h", "C", "n") else 1], _rel(r32[name], ref[name])
+        a, b, note = out[name], ref[name], ""
+        if dt == torch.float32 and COND_FACTOR * floor > tol:
+            # ill-conditioned in fp32 itself (dm0 sums large cancelling terms; measured on an
+            # H100: 1.3e-3 against the reference formula's own 1.0e-4): scale with that floor
+            tol, note = COND_FACTOR * floor, f"tol = {COND_FACTOR} x the fp32 reference's own error"
+        # a true value past the dtype's range (fp16: 65504) can only come back as inf (autograd
+        # casts every gradient to its input's dtype): score the rest, require inf there
+        big = b.abs() > torch.finfo(a.dtype).max
+        if big.any():
+            note = (f"{int(big.sum())} true values exceed {str(a.dtype)[6:]} range "
+                    f"(max {b.abs().max().item():.3g})")
+            ok_big = bool((a[big].double().abs() >= torch.finfo(a.dtype).max).all())
+            a, b = a[~big], b[~big]
+        else:
+            ok_big = True
+        err = _rel(a, b)
+        ok = err <= tol and bool(torch.isfinite(a).all()) and ok_big
+        rows.append(dict(**row, tensor=name, rel_err=err, tol=tol, result="PASS" if ok else "FAIL",
+                         ref_fp32_err=floor, note=note))
 
 
 def check_long(dev, smoke, rows):
@@ -130,15 +146,18 @@ def check_long(dev, smoke, rows):
         x = dict(q=r(1, T, 2, K).abs().to(dt), k=r(1, T, 2, K).abs().to(dt), v=r(1, T, 2, V).to(dt),
                  i=(im + 4 * r(1, T, 2)).to(dt), f=(fm + 2 * r(1, T, 2)).to(dt))
         with torch.no_grad():
-            h, (C, n, m) = chunk_mlstm(**x, chunk_size=64)
             x32 = {k: t.float() for k, t in x.items()}
             h_ref, (C_ref, _, m_ref) = naive_chunk_mlstm(**x32, chunk_size=64)
-        finite = all(bool(torch.isfinite(t).all()) for t in (h, C, n, m))
-        e_h = _rel(h, h_ref)
-        e_C = _rel(C * torch.exp(m - m_ref)[..., None, None], C_ref)
-        tol = TOL[dt][0]
-        rows.append(dict(gates=name, T=T, finite=finite, rel_err_h=e_h, rel_err_C=e_C, tol=tol,
-                         result="PASS" if finite and e_h <= tol and e_C <= tol else "FAIL"))
+        for fused in (True, False):  # both forward paths
+            with torch.no_grad():
+                h, (C, n, m) = chunk_mlstm(**x, chunk_size=64, fused_forward=fused)
+            finite = all(bool(torch.isfinite(t).all()) for t in (h, C, n, m))
+            e_h = _rel(h, h_ref)
+            e_C = _rel(C * torch.exp(m - m_ref)[..., None, None], C_ref)
+            tol = TOL[dt][0]
+            rows.append(dict(gates=name, fwd="fused" if fused else "two-pass", T=T, finite=finite,
+                             rel_err_h=e_h, rel_err_C=e_C, tol=tol,
+                             result="PASS" if finite and e_h <= tol and e_C <= tol else "FAIL"))
 
 
 def _floor(B, T, H, K, V, L, bwd):
@@ -213,19 +232,29 @@ def contender_child(dev, smoke, a):
 
 
 def _time_ours(x, dh, base, L, first, key, first_only=False):
-    """fwd and fwd+bwd rows of arena's chunk_mlstm; the first call's seconds on the first shape of
-    each ``key`` (only them with ``first_only``). A failure is a row, not a crash."""
+    """fwd and fwd+bwd rows of arena's chunk_mlstm on each forward path that fits (the two passes;
+    the fused walk, whose crossover is measured from these rows: chunk.FUSED_PROGRAMS_PER_SM); the
+    first call's seconds on the first shape of each ``key`` and path (only them with ``first_only``).
+    A failure is a row, not a crash."""
+    from kernels.mlstm.chunk import fused_forward_fits
+    rows = []
+    for fused in (False, True) if fused_forward_fits(base["K"], L, x["q"].dtype) else (False,):
+        rows.extend(_time_path(x, dh, base, L, first, (*key, fused), fused, first_only))
+    return rows
+
+
+def _time_path(x, dh, base, L, first, key, fused, first_only):
     from kernels.mlstm.chunk import chunk_mlstm
     xl = {k: t.detach().clone().requires_grad_() for k, t in x.items()}
-    fwd = lambda x=x, L=L: chunk_mlstm(**x, chunk_size=L, output_final_state=False)
+    fwd = lambda x=x, L=L: chunk_mlstm(**x, chunk_size=L, output_final_state=False, fused_forward=fused)
 
     def fwdbwd(xl=xl, dh=dh, L=L):
-        h, _ = chunk_mlstm(**xl, chunk_size=L, output_final_state=False)
+        h, _ = chunk_mlstm(**xl, chunk_size=L, output_final_state=False, fused_forward=fused)
         return torch.autograd.grad(h, list(xl.values()), dh)
     rows, fc = [], None
     B, T, H, K, V = (base[c] for c in "BTHKV")
     for j, (mode, fn, bwd) in enumerate((("fwd", fwd, False), ("fwd+bwd", fwdbwd, True))):
-        row = dict(**base, chunk=L, impl="arena chunk_mlstm", mode=mode)
+        row = dict(**base, chunk=L, impl=f"arena chunk_mlstm ({'fused' if fused else 'two-pass'} fwd)", mode=mode)
         try:
             if key not in first:
                 with torch.no_grad():

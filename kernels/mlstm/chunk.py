@@ -7,6 +7,17 @@ bytes of activations + ``4 K V / L`` of bf16 states, ``2 K V + 2 L (K + V) + 2 K
 a gradient is wanted it also writes h in fp32 (``4 V`` bytes) for the backward's ``dh . h``, a sum
 that cancels: taken on the bf16 / fp16 h its rounding could exceed it (dq off by 7e-2 in fp16).
 
+Forward, one of two paths (the same products and roundings; ``fused_forward`` picks; by default the
+two passes until the walk's crossover is measured on a GPU, then the grid's size):
+- two passes: a state pass (sequential over chunks, parallel over K and V tiles) writes the state
+  entering every chunk, Cs; an output pass (parallel over chunks) reads it back with q, k, v.
+- fused (``mlstm_fwd_fused_kernel``): one program per (V tile, batch, head) walks the chunks with the
+  whole-K state in registers, writing h as it goes. It saves the Cs write + read, ~``2 (2 K V / L)``
+  bytes per token and head at bf16 (when a gradient is wanted it still writes Cs for the backward:
+  the read alone), and the second read of k, v; its parallelism is the (V tile, batch, head)
+  programs alone, so it runs where they fill the GPU (``FUSED_PROGRAMS_PER_SM``) and where its
+  tiles fit on chip (``fused_forward_fits``: K <= 256; fp16 / fp32 at K > 128 only at chunk <= 64).
+
 The backward holds every stabiliser m at its forward value inside the kernels; the gradient that
 flows through the max-stabiliser itself (h depends on m through eps and the exp(-m) floor, the
 final state through its m) is a reverse scan with resets over O(B T H) scalars (``chunk_gates.py``):
@@ -20,19 +31,54 @@ import torch
 from torch import Tensor
 
 from kernels.mlstm.chunk_bwd import mlstm_bwd_dqk_kernel, mlstm_bwd_dv_kernel, mlstm_bwd_states_kernel
-from kernels.mlstm.chunk_fwd import mlstm_fwd_output_kernel, mlstm_fwd_states_kernel
+from kernels.mlstm.chunk_fwd import (
+    FUSED_MAX_STAGE_BYTES,
+    fused_stage_bytes,
+    mlstm_fwd_fused_kernel,
+    mlstm_fwd_output_kernel,
+    mlstm_fwd_states_kernel,
+)
 from kernels.mlstm.chunk_gates import mlstm_bwd_gates_kernel, mlstm_bwd_prep_kernel
-from kernels.triton_utils import check_device, check_head_shapes
+from kernels.triton_utils import check_device, check_head_shapes, sequential_walk_fills
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]
 CHUNK_SIZES = (16, 32, 64, 128)
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+# The fused forward walk holds the whole [K, BV] fp32 C tile in registers.
+FUSED_MAX_KEY_DIM = 256
+# The fused walk runs by default where (V tiles x batch x heads) >= this many programs per SM, once
+# measured on a GPU against the two passes as SSD's and GDN's crossovers were (the bench times both
+# paths). None until then (it was built on 2026-12-08, when no GPU was lent): the two passes stay
+# the default and the walk runs when asked for (fused_forward=True).
+FUSED_PROGRAMS_PER_SM: float | None = None
 
 
 def _blocks(K: int, V: int) -> tuple[int, int]:
     """Key / value tile widths: powers of two >= 16 (tl.dot's minimum), at most 64."""
     p2 = lambda x: max(16, min(64, 1 << (x - 1).bit_length()))  # noqa: E731
     return p2(K), p2(V)
+
+
+def _fused_key_block(K: int) -> int:
+    """The fused walk's key tile: the whole key dim, a power of two >= 16."""
+    return max(16, 1 << (K - 1).bit_length())
+
+
+def fused_forward_fits(K: int, chunk_size: int, dtype: torch.dtype) -> bool:
+    """Whether the fused walk fits on chip: K <= 256 (the state in registers) and one chunk's q, k
+    tiles, as its dots take them, within FUSED_MAX_STAGE_BYTES of shared memory (chunk_fwd.py):
+    every K <= 256 for bf16; for fp16 / fp32 (fp32 tiles) K <= 128, or K <= 256 at chunk <= 64."""
+    stage = fused_stage_bytes(chunk_size, _fused_key_block(K), _flags(dtype)["LOW"])
+    return K <= FUSED_MAX_KEY_DIM and stage <= FUSED_MAX_STAGE_BYTES
+
+
+def fused_forward_by_default(B: int, H: int, K: int, V: int, chunk_size: int, dtype: torch.dtype,
+                             device: torch.device) -> bool:
+    """chunk_mlstm's forward path when not asked: the fused walk where it fits
+    (``fused_forward_fits``) and its (V tile, batch, head) programs fill the GPU, else the two passes."""
+    if FUSED_PROGRAMS_PER_SM is None or not fused_forward_fits(K, chunk_size, dtype):
+        return False
+    return sequential_walk_fills(B * H * _cdiv(V, _blocks(K, V)[1]), device, FUSED_PROGRAMS_PER_SM)
 
 
 def _flags(dtype: torch.dtype) -> dict:
@@ -47,7 +93,7 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
-def _check(q, k, v, i, f, chunk_size, initial_state, scale):
+def _check(q, k, v, i, f, chunk_size, initial_state, scale, fused_forward=None):
     check_head_shapes("chunk_mlstm", q, k, v, i=i, f=f)
     if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"chunk_mlstm: q, k, v must share one dtype of bf16/fp16/fp32, got "
@@ -65,30 +111,49 @@ def _check(q, k, v, i, f, chunk_size, initial_state, scale):
         if len(initial_state) != 3 or got != want:
             raise ValueError(f"chunk_mlstm: initial_state must be (C, n, m) of shapes {want}, got {got}")
     check_device("chunk_mlstm", q, k, v, i, f, *(initial_state or ()))
+    K = q.shape[-1]
+    if fused_forward and not fused_forward_fits(K, chunk_size, q.dtype):
+        raise ValueError(
+            f"chunk_mlstm: fused_forward=True does not fit on chip at K={K}, chunk_size={chunk_size}, "
+            f"{str(q.dtype)[6:]}: the walk takes K <= {FUSED_MAX_KEY_DIM}, and for fp16 / fp32 inputs "
+            f"K <= 128 or chunk_size <= 64 (its dots take fp32 tiles); pass fused_forward=False (or None, "
+            f"which picks the two-pass forward there) or a smaller chunk_size")
 
 
-def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save_h32=False):
+def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save=False, fused=False):
+    """One of the two forward paths. Returns ``(h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok)``;
+    ``ns[:, -1], ms[:, -1]`` the final n, m. The fused walk without ``save`` writes no Cs (None), no
+    per-token values (None) and only the final slot of ``ns, ms``."""
     B, T, H, K = q.shape
-    V, NT = v.shape[-1], _cdiv(T, L)
+    V, NT, BH = v.shape[-1], _cdiv(T, L), B * H
     BK, BV = _blocks(K, V)
-    fl = _flags(q.dtype)
-    dev = q.device
-    Cs = torch.empty(B * H, NT + 1, K, V, device=dev, dtype=_state_dtype(q.dtype))
-    CT = torch.empty(B * H, K, V, device=dev, dtype=torch.float32)
-    ns = torch.empty(B * H, NT + 1, K, device=dev, dtype=torch.float32)
-    ms = torch.empty(B * H, NT + 1, device=dev, dtype=torch.float32)
-    has_init = C0 is not None
-    mlstm_fwd_states_kernel[(_cdiv(K, BK), _cdiv(V, BV), B * H)](
-        k, v, i, f, C0 if has_init else Cs, n0 if has_init else ns, m0 if has_init else ms,
-        Cs, ns, ms, CT, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, HAS_INIT=has_init, **fl)
+    fl, dev = _flags(q.dtype), q.device
+    f32 = {"device": dev, "dtype": torch.float32}
+    keep = save or not fused                       # what the backward reads (the two passes always write it)
+    NS = NT + 1 if keep else 1
+    Cs = torch.empty(BH, NT + 1, K, V, device=dev, dtype=_state_dtype(q.dtype)) if keep else None
+    CT = torch.empty(BH, K, V, **f32)
+    ns, ms = torch.empty(BH, NS, K, **f32), torch.empty(BH, NS, **f32)
     h = torch.empty_like(v)
     # the backward's dh . h cancels: it reads h unrounded (an fp32 copy for bf16 / fp16 inputs)
-    save_h32 = save_h32 and v.dtype != torch.float32
-    h32 = torch.empty(v.shape, device=dev, dtype=torch.float32) if save_h32 else h
-    m_tok, d_tok, den_tok = (torch.empty(B * H, T, device=dev, dtype=torch.float32) for _ in range(3))
-    mlstm_fwd_output_kernel[(_cdiv(V, BV), NT, B * H)](
-        q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den_tok, scale, eps, T, NT,
-        H=H, K=K, V=V, BT=L, BK=BK, BV=BV, SAVE_H32=save_h32, **fl)
+    save_h32 = save and v.dtype != torch.float32
+    h32 = torch.empty(v.shape, **f32) if save_h32 else h
+    m_tok, d_tok, den_tok = (torch.empty(BH, T, **f32) if keep else None for _ in range(3))
+    has_init = C0 is not None
+    init = (C0, n0, m0) if has_init else (ns, ns, ms)   # unread without HAS_INIT
+    if fused:
+        out = (Cs, m_tok, d_tok, den_tok) if keep else (ns, ns, ns, ns)   # unread without SAVE
+        mlstm_fwd_fused_kernel[(_cdiv(V, BV), BH)](
+            q, k, v, i, f, *init, h, h32, out[0], ns, ms, CT, *out[1:], scale, eps, T, NT, NS,
+            H=H, K=K, V=V, BT=L, BKF=_fused_key_block(K), BV=BV, HAS_INIT=has_init, SAVE=save,
+            SAVE_H32=save_h32, **fl)
+    else:
+        mlstm_fwd_states_kernel[(_cdiv(K, BK), _cdiv(V, BV), BH)](
+            k, v, i, f, *init, Cs, ns, ms, CT, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV,
+            HAS_INIT=has_init, **fl)
+        mlstm_fwd_output_kernel[(_cdiv(V, BV), NT, BH)](
+            q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den_tok, scale, eps, T, NT,
+            H=H, K=K, V=V, BT=L, BK=BK, BV=BV, SAVE_H32=save_h32, **fl)
     return h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok
 
 
@@ -98,10 +163,10 @@ def _cdiv(a: int, b: int) -> int:
 
 class ChunkMLSTMFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training):
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training, fused):
         B, _, H, K = q.shape
         h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok = _forward(q, k, v, i, f, C0, n0, m0, scale, eps,
-                                                                 chunk_size, save_h32=training)
+                                                                 chunk_size, save=training, fused=fused)
         nT, mT = (s.view(B, H, *s.shape[1:])[:, :, -1].clone() for s in (ns, ms))
         CT = CT.view(B, H, K, v.shape[-1])
         ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok)
@@ -114,7 +179,7 @@ class ChunkMLSTMFunction(torch.autograd.Function):
         scale, eps, L = ctx.cfg
         grads = _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
                           dh, dCT, dnT, dmT, scale, eps, L)
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
@@ -164,16 +229,20 @@ def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_to
 
 def chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
                 scale: float | None = None, eps: float = 1e-6, chunk_size: int = 64,
-                initial_state: MLSTMState | None = None,
-                output_final_state: bool = True) -> tuple[Tensor, MLSTMState | None]:
+                initial_state: MLSTMState | None = None, output_final_state: bool = True,
+                fused_forward: bool | None = None) -> tuple[Tensor, MLSTMState | None]:
     """Triton chunkwise mLSTM, the arguments of ``naive_chunk_mlstm``: ``q, k [B, T, H, K]``,
     ``v [B, T, H, V]`` (one dtype of bf16/fp16/fp32), gate preactivations ``i, f [B, T, H]``,
     ``initial_state (C [B, H, K, V], n [B, H, K], m [B, H])`` or None (zeros); ``chunk_size`` in
     16, 32, 64, 128. Returns ``(h [B, T, H, V] in v's dtype, (C, n, m) fp32 or None)``;
-    differentiable w.r.t. q, k, v, i, f and the initial state (backward in Triton)."""
+    differentiable w.r.t. q, k, v, i, f and the initial state (backward in Triton).
+    ``fused_forward``: True runs the forward as one walk over the chunks (where it fits on chip:
+    ``fused_forward_fits``, else a ValueError), False as the two passes; None picks the walk where it
+    fits and its (V tile, batch, head) programs fill the GPU, once that crossover is measured
+    (``FUSED_PROGRAMS_PER_SM``; until then None means the two passes)."""
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else float(scale)
-    _check(q, k, v, i, f, chunk_size, initial_state, scale)
+    _check(q, k, v, i, f, chunk_size, initial_state, scale, fused_forward)
     V = v.shape[-1]
     if T == 0:
         z = lambda *s: q.new_zeros(s, dtype=torch.float32)  # noqa: E731
@@ -186,5 +255,8 @@ def chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
         C0, n0, m0 = (s.contiguous() for s in initial_state)
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, i, f, C0, n0, m0))
-    h, C, n, m = ChunkMLSTMFunction.apply(q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training)
+    if fused_forward is None:
+        fused_forward = fused_forward_by_default(B, H, K, V, chunk_size, q.dtype, q.device)
+    h, C, n, m = ChunkMLSTMFunction.apply(q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training,
+                                          bool(fused_forward))
     return h, ((C, n, m) if output_final_state else None)

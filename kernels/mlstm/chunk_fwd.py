@@ -10,10 +10,18 @@ Two passes, as TFLA's "xl_chunk" (Beck et al. 2025) splits them:
    part from the entering state; also saves per token ``m``, the denominator ``d`` and the raw ``den``
    for the backward.
 
+Or both in one walk, ``mlstm_fwd_fused_kernel`` (grid ``[V / BV, B*H]``), where the (V tile, batch,
+head) programs fill the GPU: the full-K ``[K, BV]`` C, n and m stay in fp32 registers, and per chunk
+it computes h from the entering state exactly as pass 2 does (C enters the dot in bf16 for bf16
+inputs, as pass 1 stores it), then updates the state exactly as pass 1 does. Under ``SAVE`` (a
+gradient is wanted) it still writes the entering states and per-token values the backward reads.
+
 Per token and head (bf16 activations, chunk L): HBM reads ``2 (2K + V)`` bytes of q, k, v (k, v
 read twice: once per pass), writes ``2 V`` of h, plus ``2 K V / L`` bytes of C (bf16 for bf16
 inputs, else fp32: ``4 K V / L``) written by pass 1 and read by pass 2. FLOPs: pass 1 ``2 K V``, pass 2
-``2 L K + 2 L V`` (QK^T, SV, full blocks) ``+ 2 K V`` (qC) per token.
+``2 L K + 2 L V`` (QK^T, SV, full blocks) ``+ 2 K V`` (qC) per token. The fused walk saves the
+second read of k, v (``2 (K + V)`` bytes) and the Cs write and read, ``2 (2 K V / L)`` bytes at
+bf16 (2 KB per token and head at K = 128, V = 256, L = 64; under ``SAVE`` the read alone).
 Every exponential takes a non-positive argument (the stabiliser is subtracted first).
 """
 from __future__ import annotations
@@ -65,6 +73,98 @@ def _row_max(b_b, b_i, m_c, o_t, BT: tl.constexpr):
     return tl.maximum(b_b + m_c, tl.max(b_logD, 1))
 
 
+@triton.jit
+def _initial_state(C0, n0, m0, i_bh, o_k, o_kv, m_kv, K: tl.constexpr, V: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, HAS_INIT: tl.constexpr):
+    """The fp32 (C [BK, BV], n [BK], m) a forward walk starts from: the initial state's tile, or zeros."""
+    if HAS_INIT:
+        b_C = tl.load(C0 + i_bh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+        b_n = tl.load(n0 + i_bh * K + o_k, mask=o_k < K, other=0.0).to(tl.float32)
+        m_c = tl.load(m0 + i_bh).to(tl.float32)
+    else:
+        b_C = tl.zeros([BK, BV], dtype=tl.float32)
+        b_n = tl.zeros([BK], dtype=tl.float32)
+        m_c = tl.full([], 0.0, tl.float32)
+    return b_C, b_n, m_c
+
+
+@triton.jit
+def _store_state(Cs, ns, ms, b_C, b_n, m_c, s_idx, o_k, o_kv, m_kv, i_k, i_v,
+                 K: tl.constexpr, V: tl.constexpr):
+    """Slot ``s_idx`` of Cs (in its dtype), ns, ms; n by the programs of the first V tile, m by one."""
+    tl.store(Cs + s_idx * K * V + o_kv, b_C.to(Cs.dtype.element_ty), mask=m_kv)
+    if i_v == 0:
+        tl.store(ns + s_idx * K + o_k, b_n, mask=o_k < K)
+        if i_k == 0:
+            tl.store(ms + s_idx, m_c)
+
+
+@triton.jit
+def _state_update(b_C, b_n, m_c, b_k, b_v, b_b, b_i, b_g, LOW: tl.constexpr, PREC: tl.constexpr):
+    """The state after a chunk from the one entering it, ``b_k [BT, BK]``, ``b_v [BT, BV]`` its keys
+    and values and its gates: ``m' = max(g + m, max_s a_s)``, ``a_s = g - b_s + i_s``,
+    ``C' = exp(g + m - m') C + (k exp(a - m'))^T v``, n alike. Returns ``(C', n', m')``."""
+    b_a = b_g - b_b + b_i                                         # [BT] log weight at chunk end
+    m_n = tl.maximum(b_g + m_c, tl.max(b_a, 0))
+    b_w = tl.exp(b_a - m_n)                                       # [BT], <= 1; 0 on padding
+    b_kw = b_k.to(tl.float32) * b_w[:, None]
+    b_decay = tl.exp(b_g + m_c - m_n)
+    if LOW:   # bf16 / fp16 tensor-core operands, fp32 accumulation
+        b_C = b_C * b_decay + tl.dot(tl.trans(b_kw.to(b_v.dtype)), b_v)
+    else:
+        b_C = b_C * b_decay + tl.dot(tl.trans(b_kw), b_v.to(tl.float32), input_precision=PREC)
+    return b_C, b_n * b_decay + tl.sum(b_kw, 0), m_n
+
+
+@triton.jit
+def _qk_terms(b_q, b_k, b_C, b_n, LOW: tl.constexpr, PREC: tl.constexpr):
+    """One K block's share of ``P = Q K^T [BT, BT]``, ``Q C [BT, BV]`` and ``Q n [BT]``. In LOW
+    mode C enters the dot in bf16, as the two-pass path stores it (Cs)."""
+    if LOW:
+        b_P = tl.dot(b_q, tl.trans(b_k))
+        b_qC = tl.dot(b_q, b_C.to(b_q.dtype))
+    else:
+        b_P = tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision=PREC)
+        b_qC = tl.dot(b_q.to(tl.float32), b_C.to(tl.float32), input_precision=PREC)
+    return b_P, b_qC, tl.sum(b_q.to(tl.float32) * b_n[None, :], 1)
+
+
+@triton.jit
+def _chunk_h(b_P, b_qC, b_qn, b_v, b_b, b_i, b_m, m_c, o_t, scale, eps, BT: tl.constexpr,
+             LOW: tl.constexpr, PREC: tl.constexpr):
+    """A chunk's h ``[BT, BV]`` from its ``P, Q C, Q n`` (the entering state's), values ``b_v`` and
+    row stabilisers ``b_m``: the causal in-chunk part plus the inter-chunk part. Returns
+    ``(h, d, den)``, the last two ``[BT]`` (the backward's inputs)."""
+    b_S = b_P * _intra_decay(b_b, b_i, b_m, o_t, BT) * scale      # [BT, BT]
+    b_alpha = scale * tl.exp(b_b + m_c - b_m)                      # [BT], <= scale
+    if LOW:
+        b_num = b_alpha[:, None] * b_qC + tl.dot(b_S.to(b_v.dtype), b_v)
+    else:
+        b_num = b_alpha[:, None] * b_qC + tl.dot(b_S, b_v.to(tl.float32), input_precision=PREC)
+    b_den = b_alpha * b_qn + tl.sum(b_S, 1)                       # [BT]
+    b_d = tl.maximum(tl.abs(b_den), tl.exp(-b_m)) + eps
+    return b_num / b_d[:, None], b_d, b_den
+
+
+@triton.jit
+def _store_h(h, h32, m_tok, d_tok, den_tok, b_h, b_m, b_d, b_den, v_base, i_bh, i_v, i_c, o_t, m_t,
+             T, H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+             SAVE_H32: tl.constexpr, SAVE_TOK: tl.constexpr):
+    """A chunk's h tile (and its fp32 copy with ``SAVE_H32``); with ``SAVE_TOK`` the programs of the
+    first V tile also store the per-token ``m, d, den`` (every V tile computes the same values)."""
+    p_h = tl.make_block_ptr(h + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
+    tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
+    if SAVE_H32:
+        p_h32 = tl.make_block_ptr(h32 + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
+        tl.store(p_h32, b_h, boundary_check=(0, 1))
+    if SAVE_TOK:
+        o_tok = i_bh.to(tl.int64) * T + o_t
+        m_first = m_t & (i_v == 0)                                 # one V tile's programs write them
+        tl.store(m_tok + o_tok, b_m, mask=m_first)
+        tl.store(d_tok + o_tok, b_d, mask=m_first)
+        tl.store(den_tok + o_tok, b_den, mask=m_first)
+
+
 def _configs(sequential: bool = False):
     """Autotune lists (<= 3 configs: the first call compiles each). The kernels sequential over
     chunks load the next chunk's tiles independently of the carried state, so deeper software
@@ -88,45 +188,20 @@ def mlstm_fwd_states_kernel(k, v, i, f, C0, n0, m0, Cs, ns, ms, CT, T, NT,
     o_v = i_v * BV + tl.arange(0, BV)
     m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
     o_kv = o_k[:, None] * V + o_v[None, :]                       # [BK, BV]
-    if HAS_INIT:
-        b_C = tl.load(C0 + i_bh.to(tl.int64) * K * V + o_kv, mask=m_kv, other=0.0).to(tl.float32)
-        b_n = tl.load(n0 + i_bh * K + o_k, mask=o_k < K, other=0.0).to(tl.float32)
-        b_m = tl.load(m0 + i_bh).to(tl.float32)
-    else:
-        b_C = tl.zeros([BK, BV], dtype=tl.float32)
-        b_n = tl.zeros([BK], dtype=tl.float32)
-        b_m = tl.full([], 0.0, tl.float32)
+    b_C, b_n, m_c = _initial_state(C0, n0, m0, i_bh, o_k, o_kv, m_kv, K, V, BK, BV, HAS_INIT)
     s_base = i_bh.to(tl.int64) * (NT + 1)
     for i_c in range(NT):
-        tl.store(Cs + (s_base + i_c) * K * V + o_kv, b_C.to(Cs.dtype.element_ty), mask=m_kv)
-        if i_v == 0:
-            tl.store(ns + (s_base + i_c) * K + o_k, b_n, mask=o_k < K)
-            if i_k == 0:
-                tl.store(ms + s_base + i_c, b_m)
+        _store_state(Cs, ns, ms, b_C, b_n, m_c, s_base + i_c, o_k, o_kv, m_kv, i_k, i_v, K, V)
         o_t, m_t, b_b, b_i, b_g = _chunk_gates(i, f, i_b, i_h, i_c, T, H, BT)
-        b_a = b_g - b_b + b_i                                     # [BT] log weight at chunk end
-        b_mn = tl.maximum(b_g + b_m, tl.max(b_a, 0))
-        b_w = tl.exp(b_a - b_mn)                                  # [BT], <= 1
         p_k = tl.make_block_ptr(k + (i_b.to(tl.int64) * T * H + i_h) * K, (T, K), (H * K, 1),
                                 (i_c * BT, i_k * BK), (BT, BK), (1, 0))
         p_v = tl.make_block_ptr(v + (i_b.to(tl.int64) * T * H + i_h) * V, (T, V), (H * V, 1),
                                 (i_c * BT, i_v * BV), (BT, BV), (1, 0))
         b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")                 # [BT, BK]
         b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                 # [BT, BV]
-        b_kw = b_k.to(tl.float32) * b_w[:, None]
-        b_decay = tl.exp(b_g + b_m - b_mn)
-        if LOW:   # bf16 / fp16 tensor-core operands, fp32 accumulation
-            b_C = b_C * b_decay + tl.dot(tl.trans(b_kw.to(b_v.dtype)), b_v)
-        else:
-            b_C = b_C * b_decay + tl.dot(tl.trans(b_kw), b_v.to(tl.float32), input_precision=PREC)
-        b_n = b_n * b_decay + tl.sum(b_kw, 0)
-        b_m = b_mn
-    tl.store(Cs + (s_base + NT) * K * V + o_kv, b_C.to(Cs.dtype.element_ty), mask=m_kv)
+        b_C, b_n, m_c = _state_update(b_C, b_n, m_c, b_k, b_v, b_b, b_i, b_g, LOW, PREC)
+    _store_state(Cs, ns, ms, b_C, b_n, m_c, s_base + NT, o_k, o_kv, m_kv, i_k, i_v, K, V)
     tl.store(CT + i_bh.to(tl.int64) * K * V + o_kv, b_C, mask=m_kv)
-    if i_v == 0:
-        tl.store(ns + (s_base + NT) * K + o_k, b_n, mask=o_k < K)
-        if i_k == 0:
-            tl.store(ms + s_base + NT, b_m)
 
 
 @triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
@@ -159,31 +234,89 @@ def mlstm_fwd_output_kernel(q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den
         b_C = tl.load(Cs + s_idx * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=(o_k[:, None] < K) & (o_v[None, :] < V), other=0.0)  # [BK, BV]
         b_n = tl.load(ns + s_idx * K + o_k, mask=o_k < K, other=0.0)             # [BK]
-        if LOW:
-            b_P += tl.dot(b_q, tl.trans(b_k))
-            b_qC += tl.dot(b_q, b_C.to(b_q.dtype))
-        else:
-            b_P += tl.dot(b_q.to(tl.float32), tl.trans(b_k.to(tl.float32)), input_precision=PREC)
-            b_qC += tl.dot(b_q.to(tl.float32), b_C, input_precision=PREC)
-        b_qn += tl.sum(b_q.to(tl.float32) * b_n[None, :], 1)
-    b_S = b_P * _intra_decay(b_b, b_i, b_m, o_t, BT) * scale      # [BT, BT]
-    b_alpha = scale * tl.exp(b_b + m_c - b_m)                      # [BT], <= scale
+        b_dP, b_dqC, b_dqn = _qk_terms(b_q, b_k, b_C, b_n, LOW, PREC)
+        b_P, b_qC, b_qn = b_P + b_dP, b_qC + b_dqC, b_qn + b_dqn
     p_v = tl.make_block_ptr(v + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
     b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                     # [BT, BV]
-    if LOW:
-        b_num = b_alpha[:, None] * b_qC + tl.dot(b_S.to(b_v.dtype), b_v)
-    else:
-        b_num = b_alpha[:, None] * b_qC + tl.dot(b_S, b_v.to(tl.float32), input_precision=PREC)
-    b_den = b_alpha * b_qn + tl.sum(b_S, 1)                       # [BT]
-    b_d = tl.maximum(tl.abs(b_den), tl.exp(-b_m)) + eps
-    p_h = tl.make_block_ptr(h + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-    b_h = b_num / b_d[:, None]                                     # [BT, BV]
-    tl.store(p_h, b_h.to(p_h.dtype.element_ty), boundary_check=(0, 1))
-    if SAVE_H32:
-        p_h32 = tl.make_block_ptr(h32 + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-        tl.store(p_h32, b_h, boundary_check=(0, 1))
+    b_h, b_d, b_den = _chunk_h(b_P, b_qC, b_qn, b_v, b_b, b_i, b_m, m_c, o_t, scale, eps, BT, LOW, PREC)
+    _store_h(h, h32, m_tok, d_tok, den_tok, b_h, b_m, b_d, b_den, v_base, i_bh, i_v, i_c, o_t, m_t,
+             T, H, V, BT, BV, SAVE_H32, True)
+
+
+# One pipeline stage of the fused walk holds a chunk's [BT, K] q and k tiles as the dots take them
+# (bf16 in LOW mode, else fp32: fp16's tf32 dots too), beside the [K, BV] state as a dot operand and
+# the [BT, BT] scores. Measured for sm_90 by `python -m kernels.sm90_check mlstm` (V 256; the H100
+# allows 227 KB): 64 KB a stage (bf16 at K = 256, fp32 at K = 128, chunk 64) takes 188-205 KB at
+# 3 stages; 128 KB (fp16 / fp32 at K = 256, or K = 128 and chunk 128; bf16 at K = 256 and chunk 128)
+# 278-398 KB at 3 stages, 197-232 KB at 2; 256 KB (fp32, K = 256, chunk 128) 295 KB at 1: too big.
+FUSED_MAX_STAGE_BYTES = 128 * 1024
+
+
+def fused_stage_bytes(BT: int, BKF: int, LOW: bool) -> int:
+    """Shared memory one pipeline stage of ``mlstm_fwd_fused_kernel`` takes for its q, k tiles."""
+    return 2 * BT * BKF * (2 if LOW else 4)
+
+
+def _prune_fused(configs, named_args, **kwargs):
+    """The fused walk's pipeline depth: the configs as listed up to half of FUSED_MAX_STAGE_BYTES a
+    stage, 2 stages beyond (the wrapper refuses more). fp32 inputs (not LOW, "ieee" dots: the
+    checking path) keep 8 warps alone: at 4 each config took 3-6x as long to compile (15 against 6 s at K = 128,
+    chunk 64; 170-206 against 30 s at chunk 128)."""
+    args = {**named_args, **kwargs}
+    stage = fused_stage_bytes(args["BT"], args["BKF"], args["LOW"])
+    depth = 3 if 2 * stage <= FUSED_MAX_STAGE_BYTES else 2
+    kept = [triton.Config(dict(c.kwargs), num_warps=c.num_warps, num_stages=min(c.num_stages, depth))
+            for c in configs if args["LOW"] or args["PREC"] != "ieee" or c.num_warps == 8]
+    return list({(c.num_warps, c.num_stages): c for c in kept}.values())
+
+
+# A sequential walk, like the state pass: the next chunk's q, k, v loads do not wait on the
+# carried state, so deeper pipelining hides the per-chunk latency; 8 warps halve the registers
+# each thread spends on the [K, BV] fp32 state (64 KB at K = 256). Depth capped by _prune_fused.
+_FUSED_CONFIGS = autotune_configs([triton.Config({}, num_warps=w, num_stages=s)
+                                   for w, s in ((4, 3), (8, 3), (4, 2), (8, 2))])
+
+
+@triton.autotune(configs=_FUSED_CONFIGS, key=["K", "V", "BT", "BV", "SAVE"],
+                 prune_configs_by={"early_config_prune": _prune_fused}, cache_results=True)
+@triton.jit
+def mlstm_fwd_fused_kernel(q, k, v, i, f, C0, n0, m0, h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
+                           scale, eps, T, NT, NS, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                           BT: tl.constexpr, BKF: tl.constexpr, BV: tl.constexpr,
+                           HAS_INIT: tl.constexpr, SAVE: tl.constexpr, SAVE_H32: tl.constexpr,
+                           LOW: tl.constexpr, PREC: tl.constexpr):
+    """Both passes in one walk over the chunks, per (V tile, batch * head); ``BKF >= K`` holds the
+    whole key dim. ``h`` as the output pass; ``CT`` the final C (fp32); ``ns: [B*H, NS, K]``,
+    ``ms: [B*H, NS]`` end with the final n, m. With ``SAVE`` (``NS = N + 1``) also everything the
+    backward reads, as the two passes store it: the entering ``Cs, ns, ms`` of every chunk (not
+    ``Cs[N]``, which it never reads), ``m_tok, d_tok, den_tok`` and, with ``SAVE_H32``, ``h32``."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k = tl.arange(0, BKF)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_kv = (o_k[:, None] < K) & (o_v[None, :] < V)
+    o_kv = o_k[:, None] * V + o_v[None, :]                       # [BKF, BV]
+    b_C, b_n, m_c = _initial_state(C0, n0, m0, i_bh, o_k, o_kv, m_kv, K, V, BKF, BV, HAS_INIT)
+    s_base = i_bh.to(tl.int64) * NS
+    qk_base = (i_b.to(tl.int64) * T * H + i_h) * K
+    v_base = (i_b.to(tl.int64) * T * H + i_h) * V
+    for i_c in range(NT):
+        if SAVE:
+            _store_state(Cs, ns, ms, b_C, b_n, m_c, s_base + i_c, o_k, o_kv, m_kv, 0, i_v, K, V)
+        o_t, m_t, b_b, b_i, b_g = _chunk_gates(i, f, i_b, i_h, i_c, T, H, BT)
+        b_m = _row_max(b_b, b_i, m_c, o_t, BT)                     # [BT]
+        p_q = tl.make_block_ptr(q + qk_base, (T, K), (H * K, 1), (i_c * BT, 0), (BT, BKF), (1, 0))
+        p_k = tl.make_block_ptr(k + qk_base, (T, K), (H * K, 1), (i_c * BT, 0), (BT, BKF), (1, 0))
+        p_v = tl.make_block_ptr(v + v_base, (T, V), (H * V, 1), (i_c * BT, i_v * BV), (BT, BV), (1, 0))
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")                 # [BT, BKF]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")                 # [BT, BKF]
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                 # [BT, BV]
+        b_P, b_qC, b_qn = _qk_terms(b_q, b_k, b_C, b_n, LOW, PREC)
+        b_h, b_d, b_den = _chunk_h(b_P, b_qC, b_qn, b_v, b_b, b_i, b_m, m_c, o_t, scale, eps, BT, LOW, PREC)
+        _store_h(h, h32, m_tok, d_tok, den_tok, b_h, b_m, b_d, b_den, v_base, i_bh, i_v, i_c, o_t, m_t,
+                 T, H, V, BT, BV, SAVE_H32, SAVE)
+        b_C, b_n, m_c = _state_update(b_C, b_n, m_c, b_k, b_v, b_b, b_i, b_g, LOW, PREC)
+    tl.store(CT + i_bh.to(tl.int64) * K * V + o_kv, b_C, mask=m_kv)
     if i_v == 0:
-        o_tok = i_bh.to(tl.int64) * T + o_t
-        tl.store(m_tok + o_tok, b_m, mask=m_t)
-        tl.store(d_tok + o_tok, b_d, mask=m_t)
-        tl.store(den_tok + o_tok, b_den, mask=m_t)
+        tl.store(ns + (s_base + NS - 1) * K + o_k, b_n, mask=o_k < K)
+        tl.store(ms + s_base + NS - 1, m_c)

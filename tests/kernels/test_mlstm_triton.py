@@ -80,9 +80,13 @@ PARAMS = [pytest.param(c, d, id=f"{_id(c)}-{n}") for c in CASES
           for d, n in _DTYPES if n == "fp32" or c[1] > 1]
 
 
+FWD = pytest.mark.parametrize("fused", [False, True], ids=["two-pass-fwd", "fused-fwd"])
+
+
 @pytest.mark.parametrize("case,dtype", PARAMS)
-def test_chunk_mlstm_matches_reference(case, dtype, poison_empty):
-    _check(case, dtype)
+@FWD
+def test_chunk_mlstm_matches_reference(case, dtype, fused, poison_empty):
+    _check(case, dtype, fused=fused)
 
 
 # Precision regressions (each failed before its fix, under the interpreter too):
@@ -100,11 +104,12 @@ REGRESSIONS = [  # (case, dtype, seed)
 
 @pytest.mark.parametrize("case,dtype,seed", REGRESSIONS,
                          ids=[f"{_id(c)}-{str(d)[6:]}-seed{s}" for c, d, s in REGRESSIONS])
-def test_chunk_mlstm_precision_regressions(case, dtype, seed, poison_empty):
-    _check(case, dtype, seed)
+@FWD
+def test_chunk_mlstm_precision_regressions(case, dtype, seed, fused, poison_empty):
+    _check(case, dtype, seed, fused=fused)
 
 
-def _check(case, dtype, seed=1):
+def _check(case, dtype, seed=1, fused=None):
     B, T, H, K, V, L, gates, with_state = case
     x, state = _inputs(B, T, H, K, V, gates, with_state, seed)
     # the reference sees the very values the kernel sees: inputs rounded to dtype, state to fp32
@@ -113,7 +118,7 @@ def _check(case, dtype, seed=1):
     h_ref, s_ref, m_ref, g_ref = _run(naive_recurrent_mlstm, x, state)
     xd = {k: t.to(DEV, dtype) for k, t in x.items()}
     sd = tuple(t.to(DEV, torch.float32) for t in state) if state is not None else None
-    h, s, _, grads = _run(chunk_mlstm, xd, sd, m_ref=m_ref.to(DEV), chunk_size=L)
+    h, s, _, grads = _run(chunk_mlstm, xd, sd, m_ref=m_ref.to(DEV), chunk_size=L, fused_forward=fused)
     tol = TOL[dtype]
     assert h.dtype == dtype and s[0].dtype == torch.float32
     assert_rel_close(h.cpu(), h_ref, tol["h"], "h")
@@ -126,7 +131,8 @@ def _check(case, dtype, seed=1):
         assert_rel_close(gr.cpu(), g_ref[name], gt, f"d{name}")
 
 
-def test_chunk_mlstm_stabiliser_gradients(poison_empty):
+@FWD
+def test_chunk_mlstm_stabiliser_gradients(fused, poison_empty):
     """A loss on the raw (C, n, m) and a large eps: the gradient through the max-stabiliser path
     (h depends on m through eps, the final state through its m) is then O(1), not O(1e-6)."""
     B, T, H, K, V, L, eps = 1, 40, 2, 16, 16, 16, 0.1
@@ -144,7 +150,7 @@ def test_chunk_mlstm_stabiliser_gradients(poison_empty):
         return [h, *st, *torch.autograd.grad(loss, [*lv.values(), *s0])]
     ref = run(naive_recurrent_mlstm, x, state)
     out = run(chunk_mlstm, {k: t.to(DEV, torch.float32) for k, t in x.items()},
-              tuple(t.to(DEV, torch.float32) for t in state), chunk_size=L)
+              tuple(t.to(DEV, torch.float32) for t in state), chunk_size=L, fused_forward=fused)
     for name, a, b in zip("h C n m dq dk dv di df dC0 dn0 dm0".split(), out, ref):
         assert_rel_close(a.cpu(), b, 1e-4, name)
 
@@ -158,6 +164,82 @@ def test_chunk_mlstm_bad_inputs():
         chunk_mlstm(q, q.half(), v, g, g)
     with pytest.raises(ValueError, match=r"gates i, f must be \[B, T, H\]"):
         chunk_mlstm(q, q, v, g[..., None], g)
+
+
+# K = 80: the two passes tile it in two K blocks, the fused walk pads it to one 128-wide tile
+INFERENCE_CASES = [(1, 63, 2, 80, 16, 16, "near1", True), (2, 40, 1, 16, 32, 32, "i0", False)]
+
+
+@pytest.mark.parametrize("case", INFERENCE_CASES, ids=[_id(c) for c in INFERENCE_CASES])
+@FWD
+def test_chunk_mlstm_inference_matches_reference(case, fused, poison_empty):
+    """Without a gradient the fused walk saves nothing for the backward (SAVE off: only the final
+    n, m slots): h and the final state alone, against the reference."""
+    B, T, H, K, V, L, gates, with_state = case
+    x, state = _inputs(B, T, H, K, V, gates, with_state)
+    x = {k: t.float().double() for k, t in x.items()}
+    state = tuple(t.float().double() for t in state) if state is not None else None
+    h_ref, (C_ref, n_ref, m_ref) = naive_recurrent_mlstm(**x, initial_state=state)
+    xd = {k: t.to(DEV, torch.float32) for k, t in x.items()}
+    sd = tuple(t.to(DEV, torch.float32) for t in state) if state is not None else None
+    with torch.no_grad():
+        h, (C, n, m) = chunk_mlstm(**xd, chunk_size=L, initial_state=sd, fused_forward=fused)
+    s = torch.exp(m.cpu().double() - m_ref)
+    assert_rel_close(h.cpu(), h_ref, 1e-4, "h")
+    assert_rel_close(C.cpu() * s[..., None, None], C_ref, 1e-4, "C final")
+    assert_rel_close(n.cpu() * s[..., None], n_ref, 1e-4, "n final")
+
+
+def test_chunk_mlstm_forward_path_is_two_pass_until_measured():
+    """No crossover measured yet (FUSED_PROGRAMS_PER_SM None): the default is the two passes."""
+    from kernels.mlstm import chunk as mc
+    assert mc.FUSED_PROGRAMS_PER_SM is None
+    assert not mc.fused_forward_by_default(64, 16, 128, 128, 64, torch.bfloat16, torch.device("cpu"))
+
+
+def test_chunk_mlstm_forward_path_follows_the_gpu_size(monkeypatch):
+    """The default forward path once a crossover is set (here 1.0): the fused walk once its (V
+    tile, batch, head) programs reach FUSED_PROGRAMS_PER_SM per SM (here a 132-SM H100), the two
+    passes below it and wherever the walk does not fit on chip; the interpreter's CPU always takes
+    the fused walk where it fits."""
+    import math
+
+    from kernels import triton_utils
+    from kernels.mlstm import chunk as mc
+    monkeypatch.setattr(mc, "FUSED_PROGRAMS_PER_SM", 1.0)
+    monkeypatch.setattr(triton_utils, "_sm_count", lambda index: 132)
+    gpu, need, bf = torch.device("cuda", 0), math.ceil(mc.FUSED_PROGRAMS_PER_SM * 132), torch.bfloat16
+    assert mc.fused_forward_by_default(need, 1, 128, 64, 64, bf, gpu)            # one V tile per head
+    assert not mc.fused_forward_by_default(need - 1, 1, 128, 64, 64, bf, gpu)
+    assert mc.fused_forward_by_default(1, need, 128, 64, 64, bf, gpu)            # heads count as batch
+    assert mc.fused_forward_by_default(-(-need // 4), 1, 128, 256, 64, bf, gpu)  # 4 V tiles per head
+    assert not mc.fused_forward_by_default(10 * need, 1, 320, 64, 64, bf, gpu)   # K over the walk's tile
+    cpu = torch.device("cpu")
+    assert mc.fused_forward_by_default(1, 1, 256, 16, 128, bf, cpu)
+    assert mc.fused_forward_by_default(1, 1, 256, 16, 64, torch.float32, cpu)
+    assert mc.fused_forward_by_default(1, 1, 128, 16, 128, torch.float16, cpu)
+    assert not mc.fused_forward_by_default(1, 1, 256, 16, 128, torch.float32, cpu)  # fp32 tiles: 256 KB
+    assert not mc.fused_forward_by_default(1, 1, 272, 16, 16, bf, cpu)
+    # chunk_mlstm's default follows it (the interpreter: fused where it fits)
+    seen = []
+    run_forward = mc._forward
+    monkeypatch.setattr(mc, "_forward", lambda *a, **kw: seen.append(kw["fused"]) or run_forward(*a, **kw))
+    for K in (16, 272):
+        q, v = torch.randn(1, 3, 1, K, device=DEV), torch.randn(1, 3, 1, 16, device=DEV)
+        g = torch.randn(1, 3, 1, device=DEV)
+        with torch.no_grad():
+            chunk_mlstm(q, q, v, g, g, chunk_size=16)
+    assert seen == [DEV == "cpu", False]
+
+
+@pytest.mark.parametrize("K,chunk,dtype", [(272, 64, torch.float32), (256, 128, torch.float32)],
+                         ids=["K272", "K256-chunk128-fp32"])
+def test_chunk_mlstm_fused_forward_refuses_what_does_not_fit(K, chunk, dtype):
+    q = torch.randn(1, 4, 1, K, device=DEV, dtype=dtype)
+    v, g = torch.randn(1, 4, 1, 16, device=DEV, dtype=dtype), torch.randn(1, 4, 1, device=DEV)
+    with pytest.raises(ValueError, match=rf"fused_forward=True does not fit on chip at K={K}, "
+                                         rf"chunk_size={chunk}.*pass fused_forward=False"):
+        chunk_mlstm(q, q, v, g, g, chunk_size=chunk, fused_forward=True)
 
 
 STEP_CASES = [(2, 3, 16, 64, "near1"), (1, 2, 32, 16, "i0")]

@@ -27,9 +27,9 @@ def test_gated_delta_rule_kernels_fit_h100_shared_memory_at_k256():
     assert out.returncode == 0, out.stdout + out.stderr
     compiled = [line for line in out.stdout.splitlines() if line.startswith("ok ")]
     kernels = {line.split()[5] for line in compiled}  # ok, bytes, B, seconds, s, kernel
-    # forward (kkt, solve, wu, h, o; the fused ho) and backward (dv_local, dh, dqkwg, wy): all ten,
-    # every config
-    assert len(kernels) == 10, out.stdout
+    # forward (kkt, solve, wu, h, o; the fused prep and ho) and backward (dv_local, dh, dqkwg, wy): all
+    # eleven, every config
+    assert len(kernels) == 11, out.stdout
     assert "0 over" in out.stdout
 
 
