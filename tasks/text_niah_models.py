@@ -27,6 +27,17 @@ def arena_model_fn(model, device=None) -> ModelFn:
     return fn
 
 
+def _check_no_hub_kernels(transformers) -> None:
+    """transformers imports Hugging Face's ``kernels`` package when a version it takes is installed
+    (a hard dependency from transformers 5.25), but ``import kernels`` finds arena's own top-level
+    package: loading a model would fail deep inside transformers ("cannot import name
+    'CUDAProperties' from 'kernels'"). Name the clash and its fix instead."""
+    if transformers.utils.import_utils.is_kernels_available():
+        raise ImportError("text_niah: transformers wants Hugging Face's `kernels` package, and arena's own "
+                          "`kernels` package shadows it, so no model can load here; remove Hugging Face's "
+                          "(`pip uninstall -y kernels`: arena pins transformers < 5.25, which does not need it)")
+
+
 def hf_model_fn(path: str | Path, device: str = "cpu", dtype: str = "auto"):
     """``(model_fn, tokenizer)`` for a Hugging Face causal LM in a local directory (no download:
     ``local_files_only=True``). Needs ``transformers``. The tokenizer's BOS token is prepended
@@ -36,6 +47,7 @@ def hf_model_fn(path: str | Path, device: str = "cpu", dtype: str = "auto"):
         import transformers
     except ImportError as err:
         raise ImportError("text_niah: a Hugging Face model needs the `transformers` package") from err
+    _check_no_hub_kernels(transformers)
     tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     torch_dtype = {"auto": "auto", "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     model = transformers.AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True,

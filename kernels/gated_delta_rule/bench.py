@@ -78,10 +78,12 @@ def correctness(chunk_fn, dev, smoke, rows):
                 continue
             # both forward paths (the default picks by the grid's size), and fwd_prep before the fused walk
             for fused, fused_prep in ((True, False), (False, False), (True, True)):
-                row = {**base, "fwd": ("fused prep + " if fused_prep else "") + ("fused" if fused else "two-launch")}
+                path = ("fused prep + " if fused_prep else "") + ("fused" if fused else "two-launch")
+                row = {**base, "fwd": path}
                 try:
                     with fused_prepare(fused_prep):
-                        out = _run(chunk_fn, ins, do, ds, chunk_size=16 if smoke else CHUNK, fused_forward=fused)
+                        out = _run(chunk_fn, ins, do, ds, chunk_size=16 if smoke else CHUNK,
+                                   fused_forward=fused)
                 except Exception as e:  # noqa: BLE001 - a failing shape is a row
                     rows.append({**row, "tensor": "all", "status": f"error: {type(e).__name__}: {e}"[:200]})
                     continue
@@ -110,10 +112,12 @@ def stability(chunk_fn, dev, smoke, rows):
             finite = all(bool(torch.isfinite(t).all()) for t in (o, s, *(x.grad for x in ins)))
             eo, es = rel(o, o_ref), rel(s, s_ref)
             ok = finite and eo <= 2e-2 and es <= 2e-2
-            rows.append({"T": T, "gates": gates, "fwd": path, "finite (o, state, grads)": finite, "o rel_err": eo,
-                         "state rel_err": es, "tol": 2e-2, "status": "PASS" if ok else "FAIL"})
+            rows.append({"T": T, "gates": gates, "fwd": path, "finite (o, state, grads)": finite,
+                         "o rel_err": eo, "state rel_err": es, "tol": 2e-2,
+                         "status": "PASS" if ok else "FAIL"})
         except Exception as e:  # noqa: BLE001
-            rows.append({"T": T, "gates": gates, "fwd": path, "status": f"error: {type(e).__name__}: {e}"[:200]})
+            rows.append({"T": T, "gates": gates, "fwd": path,
+                         "status": f"error: {type(e).__name__}: {e}"[:200]})
 
 
 def fwd_bytes(B, T, dt_bytes=2):

@@ -104,7 +104,8 @@ def _prepare(k, v, g, beta, BT, DT):
     A = torch.empty(B, T, H, BT, device=k.device, dtype=torch.float32)       # fp32 scratch
     Ai = torch.empty(B, T, H, BT, device=k.device, dtype=DT)
     if not FUSED_PREPARE:
-        gated_delta_rule_fwd_kkt_kernel[(NT, B * H)](k, g, beta, gamma, A, Ai, T, H, K, BT, min(64, _pow2(K)), prec)
+        gated_delta_rule_fwd_kkt_kernel[(NT, B * H)](k, g, beta, gamma, A, Ai, T, H, K, BT, min(64, _pow2(K)),
+                                                     prec)
         gated_delta_rule_fwd_solve_kernel[(NT, B * H)](A, Ai, T, H, BT)
         return (gamma, Ai, *_recompute_wu(k, v, beta, gamma, Ai, BT, DT))
     w = torch.empty(B, T, H, K, device=k.device, dtype=DT)

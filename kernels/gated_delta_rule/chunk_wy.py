@@ -47,7 +47,7 @@ def _chunk_kkt(k, g, beta, gamma, bos, i_h, i_t, T, H: tl.constexpr, K: tl.const
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         p_k = tl.make_block_ptr(k + (bos * H + i_h) * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(DT)                        # [BT, BK]
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero").to(DT)         # [BT, BK]
         b_A += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     o_t = tl.arange(0, BT)
     # exp only of gamma_r - gamma_j <= 0 (the masked entries get exp(-inf) = 0)
@@ -231,7 +231,8 @@ def gated_delta_rule_fwd_prep_kernel(k, v, g, beta, gamma, A, Ai, w, u, T, H: tl
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos = i_b.to(tl.int64) * T                                   # int64: B*T*H*K overflows int32
-    b_A, b_gam, b_beta = _chunk_kkt(k, g, beta, gamma, bos, i_h, i_t, T, H, K, BT, BK, w.dtype.element_ty, PREC)
+    b_A, b_gam, b_beta = _chunk_kkt(k, g, beta, gamma, bos, i_h, i_t, T, H, K, BT, BK, w.dtype.element_ty,
+                                    PREC)
     base = (bos * H + i_h) * BT
     p_A = tl.make_block_ptr(A + base, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
     tl.store(p_A, b_A, boundary_check=(0, 1))
@@ -239,7 +240,7 @@ def gated_delta_rule_fwd_prep_kernel(k, v, g, beta, gamma, A, Ai, w, u, T, H: tl
     _solve_in_scratch(A + base, Ai + base, i_t * BT, T, H, BT)
     tl.debug_barrier()
     p_Ai = tl.make_block_ptr(Ai + base, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
-    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BT]
+    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                  # [BT, BT]
     _chunk_wu(k, v, b_beta, b_gam, b_Ai, w, u, bos, i_h, i_t, T, H, K, V, BT, BK, BV, PREC)
 
 
@@ -249,7 +250,7 @@ def gated_delta_rule_fwd_prep_kernel(k, v, g, beta, gamma, A, Ai, w, u, T, H: tl
 def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constexpr, K: tl.constexpr,
                                    V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                                    PREC: tl.constexpr):
-    """W and U again from the saved Ai and gamma (the backward's recompute)."""
+    """W and U from a stored Ai and gamma: the three-launch forward's third, and the backward's recompute."""
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     bos = i_b.to(tl.int64) * T
@@ -257,7 +258,7 @@ def gated_delta_rule_fwd_wu_kernel(k, v, beta, gamma, Ai, w, u, T, H: tl.constex
     p_Ai = tl.make_block_ptr(Ai + (bos * H + i_h) * BT, (T, BT), (H * BT, 1), (i_t * BT, 0), (BT, BT), (1, 0))
     b_beta = tl.load(p_b, boundary_check=(0,), padding_option="zero").to(tl.float32)
     b_gam = load_chunk_gamma(gamma, bos, i_h, i_t, T, H, BT)
-    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                                 # [BT, BT]
+    b_Ai = tl.load(p_Ai, boundary_check=(0, 1), padding_option="zero")                  # [BT, BT]
     _chunk_wu(k, v, b_beta, b_gam, b_Ai, w, u, bos, i_h, i_t, T, H, K, V, BT, BK, BV, PREC)
 
 

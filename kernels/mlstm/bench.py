@@ -254,7 +254,8 @@ def _time_path(x, dh, base, L, first, key, fused, first_only):
     rows, fc = [], None
     B, T, H, K, V = (base[c] for c in "BTHKV")
     for j, (mode, fn, bwd) in enumerate((("fwd", fwd, False), ("fwd+bwd", fwdbwd, True))):
-        row = dict(**base, chunk=L, impl=f"arena chunk_mlstm ({'fused' if fused else 'two-pass'} fwd)", mode=mode)
+        impl = f"arena chunk_mlstm ({'fused' if fused else 'two-pass'} fwd)"
+        row = dict(**base, chunk=L, impl=impl, mode=mode)
         try:
             if key not in first:
                 with torch.no_grad():

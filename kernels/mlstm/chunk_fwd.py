@@ -260,8 +260,8 @@ def fused_stage_bytes(BT: int, BKF: int, LOW: bool) -> int:
 def _prune_fused(configs, named_args, **kwargs):
     """The fused walk's pipeline depth: the configs as listed up to half of FUSED_MAX_STAGE_BYTES a
     stage, 2 stages beyond (the wrapper refuses more). fp32 inputs (not LOW, "ieee" dots: the
-    checking path) keep 8 warps alone: at 4 each config took 3-6x as long to compile (15 against 6 s at K = 128,
-    chunk 64; 170-206 against 30 s at chunk 128)."""
+    checking path) keep 8 warps alone: at 4 each config took 3-6x as long to compile (15 against
+    6 s at K = 128, chunk 64; 170-206 against 30 s at chunk 128)."""
     args = {**named_args, **kwargs}
     stage = fused_stage_bytes(args["BT"], args["BKF"], args["LOW"])
     depth = 3 if 2 * stage <= FUSED_MAX_STAGE_BYTES else 2

@@ -194,6 +194,17 @@ def test_cli_writes_an_eval_record(tmp_path):
     assert niah_grid(record.metrics, "exact_match")[0]["length"] == 400
 
 
+def test_hugging_face_adapter_names_the_kernels_clash(tmp_path, monkeypatch):
+    """Where transformers would import Hugging Face's `kernels` (arena's own package shadows it),
+    the adapter says so and names the fix, instead of failing inside transformers."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed: the HF adapter is optional")
+    from tasks.text_niah_models import hf_model_fn
+
+    monkeypatch.setattr(transformers.utils.import_utils, "is_kernels_available", lambda *a, **kw: True)
+    with pytest.raises(ImportError, match="pip uninstall -y kernels"):
+        hf_model_fn(tmp_path / "m")
+
+
 def test_hugging_face_adapter(tmp_path, bpe):
     transformers = pytest.importorskip("transformers", reason="transformers is not installed: the HF adapter is optional")
     from tasks.text_niah_models import hf_model_fn
