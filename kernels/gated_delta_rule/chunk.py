@@ -22,7 +22,7 @@ Per token and head at K = V = 128, BT = 64, bf16 (2 bytes) inputs: the forward m
 (3 x 256 B) and g, beta, write o (256 B): ~1 KiB floor; this implementation moves ~4.8 KiB (A's fp32
 scratch 256 B written and read, Ai 128 B written and read, k read twice, W, U, v_new 768 B written
 and read again, h 512 B written and read); fwd_ho saves v_new's and h's round trips (~1.5 KiB),
-fwd_prep A's read, Ai's read and k's second read (~0.9 KiB).
+fwd_prep A's read, Ai's read and k's second read (640 B).
 FLOPs ~ 2 BT (3K + 3V) + 10 K V ~ 0.26 MFLOP (fwd); ~2.5x that for fwd + bwd (incl. recompute).
 """
 from __future__ import annotations
@@ -88,11 +88,12 @@ def check_inputs(op: str, q, k, v, g, beta, initial_state=None) -> None:
         raise ValueError(f"{op}: initial_state must be [B, H, K, V] = {(B, H, K, V)}; got {tuple(initial_state.shape)}")
 
 
-# kkt, solve and wu as one launch (fwd_prep) instead of three. It moves ~0.9 KiB less per token and
-# head (A's fp32 round trip, Ai's read, k's second read) and solves the diagonal blocks together;
-# it passes every CPU check against the fp64 recurrence and compiles for sm_90 within its shared
-# memory, but it has not run on a GPU yet (no device was lent on 2026-12-08): the three measured
-# launches stay the default until the bench's "fused prep" rows and a GPU correctness run decide.
+# kkt, solve and wu as one launch (fwd_prep) instead of three. It moves 640 B less per token and
+# head (A's fp32 read, Ai's read, k's second read: the same program reads A and Ai back from L1 /
+# L2, and k once) and solves the diagonal blocks together. It passes every CPU check against the
+# fp64 recurrence and compiles for sm_90 within its shared memory, but it has not run on a GPU yet
+# (no device was lent on 2026-12-08): the three measured launches stay the default until the
+# bench's "fused prep" rows and a GPU correctness run decide.
 FUSED_PREPARE = False
 
 
