@@ -101,8 +101,7 @@ def _gated_delta_rule(a) -> None:
     import torch
     import torch.nn.functional as F
 
-    from kernels.gated_delta_rule import chunk
-    from kernels.gated_delta_rule.chunk import chunk_gated_delta_rule
+    from kernels.gated_delta_rule.chunk import chunk_gated_delta_rule, fused_prepare
     _accept_cpu_tensors()
     B, T, H, K, V = 1, 2 * a.chunk, 1, a.K, a.V
     dt = _dtype(a.dtype)
@@ -114,11 +113,8 @@ def _gated_delta_rule(a) -> None:
     h0 = torch.zeros(B, H, K, V, requires_grad=True)
     with torch.no_grad():  # the two-launch forward (the fused one runs below, with the backward)
         chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0, fused_forward=False)
-        chunk.FUSED_PREPARE, before = True, chunk.FUSED_PREPARE  # and fwd_prep, not yet the default
-        try:
+        with fused_prepare(True):  # and fwd_prep, not yet the default
             chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0)
-        finally:
-            chunk.FUSED_PREPARE = before
     o, s = chunk_gated_delta_rule(q, k, v, g, beta, chunk_size=a.chunk, initial_state=h0, fused_forward=True)
     (o.float().sum() + s.sum()).backward()
 

@@ -16,7 +16,6 @@ time budget (--contender-timeout): a refusal, an abort or a hang there is a row 
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from functools import partial
@@ -173,15 +172,11 @@ def _lengths(smoke):
 FIRST_DONE: set[str] = set()
 
 
-@contextlib.contextmanager
 def fused_prepare(on: bool):
-    """chunk.FUSED_PREPARE set to ``on`` for the block (kkt + solve + wu as one launch)."""
-    from kernels.gated_delta_rule import chunk  # after main() set the interpreter
-    before, chunk.FUSED_PREPARE = chunk.FUSED_PREPARE, on
-    try:
-        yield
-    finally:
-        chunk.FUSED_PREPARE = before
+    """chunk.fused_prepare (kkt + solve + wu as one launch, or three), imported after main() set
+    the interpreter."""
+    from kernels.gated_delta_rule.chunk import fused_prepare as switch
+    return switch(on)
 
 
 def timing(chunk_fn, dev, smoke, rows, a):

@@ -27,6 +27,8 @@ FLOPs ~ 2 BT (3K + 3V) + 10 K V ~ 0.26 MFLOP (fwd); ~2.5x that for fwd + bwd (in
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 from torch import Tensor
@@ -95,6 +97,17 @@ def check_inputs(op: str, q, k, v, g, beta, initial_state=None) -> None:
 # (no device was lent on 2026-12-08): the three measured launches stay the default until the
 # bench's "fused prep" rows and a GPU correctness run decide.
 FUSED_PREPARE = False
+
+
+@contextlib.contextmanager
+def fused_prepare(on: bool):
+    """``FUSED_PREPARE`` set to ``on`` inside the block (the bench and sm90_check run both paths)."""
+    global FUSED_PREPARE
+    before, FUSED_PREPARE = FUSED_PREPARE, on
+    try:
+        yield
+    finally:
+        FUSED_PREPARE = before
 
 
 def _prepare(k, v, g, beta, BT, DT):

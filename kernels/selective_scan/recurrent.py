@@ -99,9 +99,8 @@ def fused_selective_scan_step(u_t, delta_t, A, B_t, C_t, state, D=None, z_t=None
     BD, warps = step_block(b, Dch)
     selective_scan_step_kernel[(triton.cdiv(Dch, BD), b)](
         u_t, delta_t, A, B_t, C_t, D, z_t, delta_bias, state, h_out, y, Dch, N=N,
-        BN=triton.next_power_of_2(N),
-        BD=BD, HAS_D=D is not None, HAS_Z=z_t is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, num_warps=warps)
+        BN=triton.next_power_of_2(N), BD=BD, HAS_D=D is not None, HAS_Z=z_t is not None,
+        HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, num_warps=warps)
     return y, h_out
 
 
