@@ -147,9 +147,11 @@ def _mlstm(a) -> None:
     i, f = (torch.randn(1, T, 2, dtype=dt, requires_grad=True) for _ in range(2))
     state = (torch.zeros(1, 2, a.K, a.V, requires_grad=True), torch.zeros(1, 2, a.K, requires_grad=True),
              torch.zeros(1, 2, requires_grad=True))
-    # the two-pass forward as training runs it, and the fused walk without SAVE (inference); the
-    # fused walk with SAVE runs below, with the backward
-    chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=False)
+    # the two-pass forward as training runs it (both state passes), and the fused walk without SAVE
+    # (inference); the fused walk with SAVE runs below, with the backward
+    for parallel in (False, True):
+        chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=False,
+                    parallel_states=parallel)
     if fused:
         with torch.no_grad():
             chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=True)

@@ -5,14 +5,15 @@ measured; each public contender runs in its own child process with a time budget
 (--contender-timeout), so an LLVM abort or a hang inside it becomes a row with the reason.
 
 1. correctness against ``naive_chunk_mlstm`` in fp64 on the same (rounded) values, bf16 / fp16 /
-   fp32 inputs, T = 1, 63, 130, 1000: h, the invariant final state and every gradient, for both
-   forward paths (the fused walk and the two passes; column ``fwd``);
-2. T = 65536 stability with gates at both extremes against the naive chunked form in fp32, both
-   forward paths;
+   fp32 inputs, T = 1, 63, 130, 1000: h, the invariant final state and every gradient, for every
+   forward path (``chunk.FORWARD_PATHS``: the two passes with the sequential or the chunk-parallel
+   state pass, and the fused walk; column ``fwd``);
+2. T = 65536 stability with gates at both extremes against the naive chunked form in fp32, every
+   forward path;
 3. timing (bf16, B*T = 32768, chunk 64) of fwd and fwd+bwd at two head shapes:
    ``xlstm-d1024`` = arena's xlstm mixer at d_model 1024 (H 4, K 128, V 256) and
    ``mlstm_kernels`` = mlstm_kernels' benchmark shape (H 16, K = V = 128), arena's rows for each
-   forward path that fits (the two passes and the fused walk, named in ``impl``); the contender
+   forward path that fits (named in ``impl``); the contender
    ``mlstm_kernels.torch.chunkwise.triton_xl_chunk.mlstm_chunkwise__xl_chunk`` (layout
    [B, H, T, D], raw gate preactivations, converted outside the timed region); decode-step latency
    at B = 1 and 64 against mlstm_kernels' triton step; first-call (compile + autotune) seconds; the
@@ -78,7 +79,7 @@ def _grads(fn, x, s, m_ref=None, **kw):
 
 
 def check_correctness(dev, smoke, rows):
-    from kernels.mlstm.chunk import chunk_mlstm
+    from kernels.mlstm.chunk import FORWARD_PATHS, chunk_mlstm
     bf, hf, f = torch.bfloat16, torch.float16, torch.float32
     # the timing shapes' head dims and chunk, so the bf16 compiles + autotunes serve the timing:
     # bf16 at T = 1, a ragged T and T = 1000; fp16 / fp32 at one shape each (each dtype x shape
@@ -97,11 +98,11 @@ def check_correctness(dev, smoke, rows):
         r32, _ = _grads(naive_chunk_mlstm, {k: t.float() for k, t in x.items()},
                         tuple(t.float() for t in s), m_ref=m_ref.float(), chunk_size=L)
         base = dict(shape=f"B{B}-T{T}-H{H}-K{K}-V{V}-chunk{L}-{gates}", dtype=str(dt)[6:])
-        for fused in (True, False):  # both forward paths (the default picks by the grid's size)
-            row = dict(**base, fwd="fused" if fused else "two-pass")
+        for path, kw in FORWARD_PATHS.items():  # every forward path (the default picks by the grid's size)
+            row = dict(**base, fwd=path)
             print(f"# correctness {row}", flush=True)  # a hard crash (abort, IMA) is named by this line
             try:
-                out, _ = _grads(chunk_mlstm, x, s, m_ref=m_ref, chunk_size=L, fused_forward=fused)
+                out, _ = _grads(chunk_mlstm, x, s, m_ref=m_ref, chunk_size=L, **kw)
             except Exception as e:  # noqa: BLE001 - a failing path is a row
                 rows.append(dict(**row, tensor="all", result=f"error: {type(e).__name__}: {str(e)[:160]}"))
                 continue
@@ -134,7 +135,7 @@ def _score(out, ref, r32, dt, row, rows):
 
 
 def check_long(dev, smoke, rows):
-    from kernels.mlstm.chunk import chunk_mlstm
+    from kernels.mlstm.chunk import FORWARD_PATHS, chunk_mlstm
     T = 300 if smoke else 65536
     K = V = 16 if smoke else 64
     for name, (fm, im) in {"f~1,i+": (8.0, 8.0), "f~0,i-": (-8.0, -8.0), "f~1,i-": (8.0, -20.0)}.items():
@@ -148,14 +149,14 @@ def check_long(dev, smoke, rows):
         with torch.no_grad():
             x32 = {k: t.float() for k, t in x.items()}
             h_ref, (C_ref, _, m_ref) = naive_chunk_mlstm(**x32, chunk_size=64)
-        for fused in (True, False):  # both forward paths
+        for path, kw in FORWARD_PATHS.items():
             with torch.no_grad():
-                h, (C, n, m) = chunk_mlstm(**x, chunk_size=64, fused_forward=fused)
+                h, (C, n, m) = chunk_mlstm(**x, chunk_size=64, **kw)
             finite = all(bool(torch.isfinite(t).all()) for t in (h, C, n, m))
             e_h = _rel(h, h_ref)
             e_C = _rel(C * torch.exp(m - m_ref)[..., None, None], C_ref)
             tol = TOL[dt][0]
-            rows.append(dict(gates=name, fwd="fused" if fused else "two-pass", T=T, finite=finite,
+            rows.append(dict(gates=name, fwd=path, T=T, finite=finite,
                              rel_err_h=e_h, rel_err_C=e_C, tol=tol,
                              result="PASS" if finite and e_h <= tol and e_C <= tol else "FAIL"))
 
@@ -232,29 +233,31 @@ def contender_child(dev, smoke, a):
 
 
 def _time_ours(x, dh, base, L, first, key, first_only=False):
-    """fwd and fwd+bwd rows of arena's chunk_mlstm on each forward path that fits (the two passes;
-    the fused walk, whose crossover is measured from these rows: chunk.FUSED_PROGRAMS_PER_SM); the
+    """fwd and fwd+bwd rows of arena's chunk_mlstm on each forward path that fits (the two passes
+    with either state pass, and the fused walk: the crossovers chunk.PARALLEL_STATES_BELOW_PER_SM
+    and chunk.FUSED_PROGRAMS_PER_SM are measured from these rows); the
     first call's seconds on the first shape of each ``key`` and path (only them with ``first_only``).
     A failure is a row, not a crash."""
-    from kernels.mlstm.chunk import fused_forward_fits
+    from kernels.mlstm.chunk import FORWARD_PATHS, fused_forward_fits
     rows = []
-    for fused in (False, True) if fused_forward_fits(base["K"], L, x["q"].dtype) else (False,):
-        rows.extend(_time_path(x, dh, base, L, first, (*key, fused), fused, first_only))
+    for path, kw in FORWARD_PATHS.items():
+        if path != "fused" or fused_forward_fits(base["K"], L, x["q"].dtype):
+            rows.extend(_time_path(x, dh, base, L, first, (*key, path), path, kw, first_only))
     return rows
 
 
-def _time_path(x, dh, base, L, first, key, fused, first_only):
+def _time_path(x, dh, base, L, first, key, path, kw, first_only):
     from kernels.mlstm.chunk import chunk_mlstm
     xl = {k: t.detach().clone().requires_grad_() for k, t in x.items()}
-    fwd = lambda x=x, L=L: chunk_mlstm(**x, chunk_size=L, output_final_state=False, fused_forward=fused)
+    fwd = lambda x=x, L=L: chunk_mlstm(**x, chunk_size=L, output_final_state=False, **kw)
 
     def fwdbwd(xl=xl, dh=dh, L=L):
-        h, _ = chunk_mlstm(**xl, chunk_size=L, output_final_state=False, fused_forward=fused)
+        h, _ = chunk_mlstm(**xl, chunk_size=L, output_final_state=False, **kw)
         return torch.autograd.grad(h, list(xl.values()), dh)
     rows, fc = [], None
     B, T, H, K, V = (base[c] for c in "BTHKV")
     for j, (mode, fn, bwd) in enumerate((("fwd", fwd, False), ("fwd+bwd", fwdbwd, True))):
-        impl = f"arena chunk_mlstm ({'fused' if fused else 'two-pass'} fwd)"
+        impl = f"arena chunk_mlstm ({path} fwd)"
         row = dict(**base, chunk=L, impl=impl, mode=mode)
         try:
             if key not in first:

@@ -35,7 +35,9 @@ from kernels.mlstm.chunk_fwd import (
     FUSED_MAX_STAGE_BYTES,
     fused_stage_bytes,
     mlstm_fwd_fused_kernel,
+    mlstm_fwd_local_kernel,
     mlstm_fwd_output_kernel,
+    mlstm_fwd_pass_kernel,
     mlstm_fwd_states_kernel,
 )
 from kernels.mlstm.chunk_gates import mlstm_bwd_gates_kernel, mlstm_bwd_prep_kernel
@@ -51,6 +53,21 @@ FUSED_MAX_KEY_DIM = 256
 # paths). None until then (it was built on 2026-12-08, when no GPU was lent): the two passes stay
 # the default and the walk runs when asked for (fused_forward=True).
 FUSED_PROGRAMS_PER_SM: float | None = None
+# The two-pass forward's state pass runs chunk-parallel (mlstm_fwd_local_kernel + mlstm_fwd_pass_kernel)
+# by default where the sequential walk's (K tile, V tile, batch, head) programs number fewer than
+# this many per SM. None until measured on a GPU (built on 2026-12-08, when no GPU was lent): the
+# walk stays the default and the chunk-parallel pass runs when asked for (parallel_states=True).
+PARALLEL_STATES_BELOW_PER_SM: float | None = None
+# chunk_mlstm's forward paths by name, as its arguments (benches and tests run each; the backward is
+# the same for all): two passes whose state pass is the sequential walk or chunk-parallel, and the
+# fused walk
+FORWARD_PATHS = {"two-pass": dict(fused_forward=False, parallel_states=False),
+                 "parallel-states": dict(fused_forward=False, parallel_states=True),
+                 "fused": dict(fused_forward=True, parallel_states=False)}
+# Elements of C per program of mlstm_fwd_pass_kernel: small, so that even one head's 32k-element
+# state is spread over 128 programs (the pass is a chain of dependent loads; more of them in
+# flight hides their latency).
+PASS_BLOCK = 256
 
 
 def _blocks(K: int, V: int) -> tuple[int, int]:
@@ -81,6 +98,15 @@ def fused_forward_by_default(B: int, H: int, K: int, V: int, chunk_size: int, dt
     return sequential_walk_fills(B * H * _cdiv(V, _blocks(K, V)[1]), device, FUSED_PROGRAMS_PER_SM)
 
 
+def parallel_states_by_default(B: int, H: int, K: int, V: int, device: torch.device) -> bool:
+    """The two-pass forward's state pass: chunk-parallel where the sequential walk's programs would
+    leave the GPU idle (``PARALLEL_STATES_BELOW_PER_SM``, once measured), else the walk."""
+    if PARALLEL_STATES_BELOW_PER_SM is None:
+        return False
+    BK, BV = _blocks(K, V)
+    return not sequential_walk_fills(B * H * _cdiv(K, BK) * _cdiv(V, BV), device, PARALLEL_STATES_BELOW_PER_SM)
+
+
 def _flags(dtype: torch.dtype) -> dict:
     """bf16: tensor-core dots on bf16 operands (fp32's exponent range: stabilised states and
     dh / d can be large); fp16: tf32 dots (fp16's range would overflow); fp32: exact fp32 dots."""
@@ -93,7 +119,7 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
-def _check(q, k, v, i, f, chunk_size, initial_state, scale, fused_forward=None):
+def _check(q, k, v, i, f, chunk_size, initial_state, scale, fused_forward=None, parallel_states=None):
     check_head_shapes("chunk_mlstm", q, k, v, i=i, f=f)
     if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"chunk_mlstm: q, k, v must share one dtype of bf16/fp16/fp32, got "
@@ -118,10 +144,15 @@ def _check(q, k, v, i, f, chunk_size, initial_state, scale, fused_forward=None):
             f"{str(q.dtype)[6:]}: the walk takes K <= {FUSED_MAX_KEY_DIM}, and for fp16 / fp32 inputs "
             f"K <= 128 or chunk_size <= 64 (its dots take fp32 tiles); pass fused_forward=False (or None, "
             f"which picks the two-pass forward there) or a smaller chunk_size")
+    if fused_forward and parallel_states:
+        raise ValueError("chunk_mlstm: fused_forward=True and parallel_states=True exclude each other: the "
+                         "fused walk has no separate state pass to run chunk-parallel; pass one of them "
+                         "(or None for the default)")
 
 
-def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save=False, fused=False):
-    """One of the two forward paths. Returns ``(h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok)``;
+def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save=False, fused=False, parallel=False):
+    """One of the forward paths (``parallel``: the two passes with the chunk-parallel state pass).
+    Returns ``(h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok)``;
     ``ns[:, -1], ms[:, -1]`` the final n, m. The fused walk without ``save`` writes no Cs (None), no
     per-token values (None) and only the final slot of ``ns, ms``."""
     B, T, H, K = q.shape
@@ -147,10 +178,18 @@ def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save=False, fused=False):
             q, k, v, i, f, *init, h, h32, out[0], ns, ms, CT, *out[1:], scale, eps, T, NT, NS,
             H=H, K=K, V=V, BT=L, BKF=_fused_key_block(K), BV=BV, HAS_INIT=has_init, SAVE=save,
             SAVE_H32=save_h32, **fl)
+    elif parallel:
+        stats = torch.empty(BH, NT, 2, **f32)     # per chunk (g_c, a*_c) for the pass
+        mlstm_fwd_local_kernel[(_cdiv(K, BK) * _cdiv(V, BV), NT, BH)](
+            k, v, i, f, Cs, ns, stats, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
+        mlstm_fwd_pass_kernel[(_cdiv(K * V, PASS_BLOCK) + 1, BH)](
+            *init, Cs, ns, ms, stats, CT, NT, K=K, V=V, BLK=PASS_BLOCK, BKN=_fused_key_block(K),
+            HAS_INIT=has_init, num_warps=2)
     else:
         mlstm_fwd_states_kernel[(_cdiv(K, BK), _cdiv(V, BV), BH)](
             k, v, i, f, *init, Cs, ns, ms, CT, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV,
             HAS_INIT=has_init, **fl)
+    if not fused:
         mlstm_fwd_output_kernel[(_cdiv(V, BV), NT, BH)](
             q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den_tok, scale, eps, T, NT,
             H=H, K=K, V=V, BT=L, BK=BK, BV=BV, SAVE_H32=save_h32, **fl)
@@ -163,10 +202,10 @@ def _cdiv(a: int, b: int) -> int:
 
 class ChunkMLSTMFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training, fused):
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training, fused, parallel):
         B, _, H, K = q.shape
-        h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok = _forward(q, k, v, i, f, C0, n0, m0, scale, eps,
-                                                                 chunk_size, save=training, fused=fused)
+        h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok = _forward(
+            q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, save=training, fused=fused, parallel=parallel)
         nT, mT = (s.view(B, H, *s.shape[1:])[:, :, -1].clone() for s in (ns, ms))
         CT = CT.view(B, H, K, v.shape[-1])
         ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok)
@@ -179,7 +218,7 @@ class ChunkMLSTMFunction(torch.autograd.Function):
         scale, eps, L = ctx.cfg
         grads = _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
                           dh, dCT, dnT, dmT, scale, eps, L)
-        return (*grads, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None)
 
 
 def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
@@ -230,7 +269,8 @@ def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_to
 def chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
                 scale: float | None = None, eps: float = 1e-6, chunk_size: int = 64,
                 initial_state: MLSTMState | None = None, output_final_state: bool = True,
-                fused_forward: bool | None = None) -> tuple[Tensor, MLSTMState | None]:
+                fused_forward: bool | None = None,
+                parallel_states: bool | None = None) -> tuple[Tensor, MLSTMState | None]:
     """Triton chunkwise mLSTM, the arguments of ``naive_chunk_mlstm``: ``q, k [B, T, H, K]``,
     ``v [B, T, H, V]`` (one dtype of bf16/fp16/fp32), gate preactivations ``i, f [B, T, H]``,
     ``initial_state (C [B, H, K, V], n [B, H, K], m [B, H])`` or None (zeros); ``chunk_size`` in
@@ -239,10 +279,15 @@ def chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     ``fused_forward``: True runs the forward as one walk over the chunks (where it fits on chip:
     ``fused_forward_fits``, else a ValueError), False as the two passes; None picks the walk where it
     fits and its (V tile, batch, head) programs fill the GPU, once that crossover is measured
-    (``FUSED_PROGRAMS_PER_SM``; until then None means the two passes)."""
+    (``FUSED_PROGRAMS_PER_SM``; until then None means the two passes).
+    ``parallel_states``: True runs the two-pass forward's state pass chunk-parallel (every chunk's
+    own write at once, then an elementwise walk over the chunks: for grids whose (K tile, V tile,
+    batch, head) programs leave the GPU idle, e.g. B = 1 with few heads), False as the sequential
+    walk; None picks by that grid once measured (``PARALLEL_STATES_BELOW_PER_SM``; until then the
+    walk). It does not combine with the fused walk, which has no state pass."""
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else float(scale)
-    _check(q, k, v, i, f, chunk_size, initial_state, scale, fused_forward)
+    _check(q, k, v, i, f, chunk_size, initial_state, scale, fused_forward, parallel_states)
     V = v.shape[-1]
     if T == 0:
         z = lambda *s: q.new_zeros(s, dtype=torch.float32)  # noqa: E731
@@ -255,8 +300,11 @@ def chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
         C0, n0, m0 = (s.contiguous() for s in initial_state)
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, i, f, C0, n0, m0))
+    if parallel_states is None:
+        parallel_states = not fused_forward and parallel_states_by_default(B, H, K, V, q.device)
     if fused_forward is None:
-        fused_forward = fused_forward_by_default(B, H, K, V, chunk_size, q.dtype, q.device)
+        fused_forward = not parallel_states and fused_forward_by_default(B, H, K, V, chunk_size, q.dtype,
+                                                                         q.device)
     h, C, n, m = ChunkMLSTMFunction.apply(q, k, v, i, f, C0, n0, m0, scale, eps, chunk_size, training,
-                                          bool(fused_forward))
+                                          bool(fused_forward), bool(parallel_states))
     return h, ((C, n, m) if output_final_state else None)

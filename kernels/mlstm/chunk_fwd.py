@@ -204,6 +204,105 @@ def mlstm_fwd_states_kernel(k, v, i, f, C0, n0, m0, Cs, ns, ms, CT, T, NT,
     tl.store(CT + i_bh.to(tl.int64) * K * V + o_kv, b_C, mask=m_kv)
 
 
+# Chunk-parallel state pass (mamba_ssm's chunk_state + state_passing split), for grids too small
+# for the sequential walk above (the (K tile, V tile, batch, head) programs: 32 at B = 1 and
+# xLSTM's 4 heads on a 132-SM GPU, each walking every chunk with a dot per chunk). Two launches:
+# every chunk's own write in parallel (a dot each, no chain), then a walk whose step is one
+# load, a scale-and-add and a store per state element, parallel over the state's elements.
+# It writes and reads Cs once more than the walk (2 (2 K V / L) bytes per token and head at bf16).
+
+@triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
+@triton.jit
+def mlstm_fwd_local_kernel(k, v, i, f, Cs, ns, stats, T, NT, H: tl.constexpr, K: tl.constexpr,
+                           V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                           LOW: tl.constexpr, PREC: tl.constexpr):
+    """Grid ``[K/BK * V/BV, N, B*H]``: chunk c's own write, stabilised by its own max
+    ``a*_c = max_s a_s``: ``C^w_c = (k exp(a - a*_c))^T v`` into slot c + 1 of ``Cs`` (in its
+    dtype), ``n^w_c`` into slot c + 1 of ``ns``; ``stats[b*h, c] = (g_c, a*_c)``. Slot 0 is left to
+    ``mlstm_fwd_pass_kernel``, which overwrites slot c + 1 with the state entering chunk c + 1."""
+    i_kv, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    _, _, b_b, b_i, b_g = _chunk_gates(i, f, i_b, i_h, i_c, T, H, BT)
+    p_k = tl.make_block_ptr(k + (i_b.to(tl.int64) * T * H + i_h) * K, (T, K), (H * K, 1),
+                            (i_c * BT, i_k * BK), (BT, BK), (1, 0))
+    p_v = tl.make_block_ptr(v + (i_b.to(tl.int64) * T * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_c * BT, i_v * BV), (BT, BV), (1, 0))
+    b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")                     # [BT, BK]
+    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                     # [BT, BV]
+    # _state_update from an empty state whose stabiliser is far below any gate (finite, so a chunk
+    # whose every i is -inf gives weights exp(-inf) = 0, not -inf - -inf): returns the chunk's own
+    # write, and as m' its a*_c (or ~-1e30 for such a chunk, which the pass then weighs 0)
+    b_C, b_n, a_max = _state_update(tl.zeros([BK, BV], dtype=tl.float32), tl.zeros([BK], dtype=tl.float32),
+                                    -1e30, b_k, b_v, b_b, b_i, b_g, LOW, PREC)
+    s_idx = i_bh.to(tl.int64) * (NT + 1) + i_c + 1
+    tl.store(Cs + s_idx * K * V + o_k[:, None] * V + o_v[None, :], b_C.to(Cs.dtype.element_ty),
+             mask=(o_k[:, None] < K) & (o_v[None, :] < V))
+    if i_v == 0:
+        tl.store(ns + s_idx * K + o_k, b_n, mask=o_k < K)
+    if i_kv == 0:
+        o_st = (i_bh.to(tl.int64) * NT + i_c) * 2
+        tl.store(stats + o_st, b_g)
+        tl.store(stats + o_st + 1, a_max)
+
+
+@triton.jit
+def _pass_chunks(S, ms, stats, b_x, m_c, o_x, m_x, s_base, st_base, NT, N_EL: tl.constexpr,
+                 STORE_M: tl.constexpr):
+    """Walk ``N_EL``-element states through the chunks: slot 0 of ``S`` gets ``b_x`` (fp32, the
+    initial state's elements ``o_x``), and slot c + 1, which holds chunk c's own write, gets
+    ``exp(g_c + m_c - m') x_c + exp(a*_c - m') w_c`` with ``m' = max(g_c + m_c, a*_c)`` (the
+    recurrence's stabiliser, as the sequential walk computes it). Returns the final fp32 state."""
+    tl.store(S + s_base * N_EL + o_x, b_x.to(S.dtype.element_ty), mask=m_x)
+    if STORE_M:
+        tl.store(ms + s_base, m_c)
+    # the loads of the next chunks do not wait on the state: pipelined (cp.async on sm_90), three in
+    # flight ahead of the one being added, or each step would wait a full HBM latency
+    for i_c in tl.range(NT, num_stages=4):
+        b_g = tl.load(stats + (st_base + i_c) * 2)
+        a_max = tl.load(stats + (st_base + i_c) * 2 + 1)
+        m_n = tl.maximum(b_g + m_c, a_max)
+        p_x = S + (s_base + i_c + 1) * N_EL + o_x
+        b_w = tl.load(p_x, mask=m_x, other=0.0).to(tl.float32)
+        b_x = b_x * tl.exp(b_g + m_c - m_n) + b_w * tl.exp(a_max - m_n)
+        m_c = m_n
+        tl.store(p_x, b_x.to(S.dtype.element_ty), mask=m_x)
+        if STORE_M:
+            tl.store(ms + s_base + i_c + 1, m_c)
+    return b_x
+
+
+@triton.jit
+def mlstm_fwd_pass_kernel(C0, n0, m0, Cs, ns, ms, stats, CT, NT, K: tl.constexpr, V: tl.constexpr,
+                          BLK: tl.constexpr, BKN: tl.constexpr, HAS_INIT: tl.constexpr):
+    """Grid ``[cdiv(K V, BLK) + 1, B*H]``, after ``mlstm_fwd_local_kernel``: the states entering every
+    chunk, in place of the chunks' own writes, as ``mlstm_fwd_states_kernel`` stores them (``Cs, ns,
+    ms`` slots 0..N, ``CT`` the final C in fp32). Programs below the last walk BLK elements of C
+    each; the last walks n and m. Not autotuned: it updates Cs in place, so a second timing run
+    would read states where it wants the chunks' own writes."""
+    i_x, i_bh = tl.program_id(0), tl.program_id(1)
+    s_base = i_bh.to(tl.int64) * (NT + 1)
+    st_base = i_bh.to(tl.int64) * NT
+    m_c = tl.load(m0 + i_bh).to(tl.float32) if HAS_INIT else tl.full([], 0.0, tl.float32)
+    if i_x < tl.cdiv(K * V, BLK):          # (each branch names its own tiles: they differ in shape)
+        o_e = i_x * BLK + tl.arange(0, BLK)
+        m_e = o_e < K * V
+        b_C = tl.zeros([BLK], dtype=tl.float32)
+        if HAS_INIT:
+            b_C = tl.load(C0 + i_bh.to(tl.int64) * K * V + o_e, mask=m_e, other=0.0).to(tl.float32)
+        b_C = _pass_chunks(Cs, ms, stats, b_C, m_c, o_e, m_e, s_base, st_base, NT, K * V, False)
+        tl.store(CT + i_bh.to(tl.int64) * K * V + o_e, b_C, mask=m_e)
+    else:
+        o_k = tl.arange(0, BKN)
+        m_k = o_k < K
+        b_n = tl.zeros([BKN], dtype=tl.float32)
+        if HAS_INIT:
+            b_n = tl.load(n0 + i_bh.to(tl.int64) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        _pass_chunks(ns, ms, stats, b_n, m_c, o_k, m_k, s_base, st_base, NT, K, True)
+
+
 @triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
 @triton.jit
 def mlstm_fwd_output_kernel(q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den_tok, scale, eps,

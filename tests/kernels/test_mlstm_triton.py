@@ -13,7 +13,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from kernels.mlstm import mlstm_step, naive_recurrent_mlstm  # noqa: E402
-from kernels.mlstm.chunk import chunk_mlstm  # noqa: E402
+from kernels.mlstm.chunk import FORWARD_PATHS, chunk_mlstm  # noqa: E402
 from kernels.mlstm.recurrent import fused_mlstm_step, fused_recurrent_mlstm  # noqa: E402
 from tests.conftest import assert_rel_close  # noqa: E402
 
@@ -80,13 +80,13 @@ PARAMS = [pytest.param(c, d, id=f"{_id(c)}-{n}") for c in CASES
           for d, n in _DTYPES if n == "fp32" or c[1] > 1]
 
 
-FWD = pytest.mark.parametrize("fused", [False, True], ids=["two-pass-fwd", "fused-fwd"])
+FWD = pytest.mark.parametrize("path", list(FORWARD_PATHS.values()), ids=[f"{n}-fwd" for n in FORWARD_PATHS])
 
 
 @pytest.mark.parametrize("case,dtype", PARAMS)
 @FWD
-def test_chunk_mlstm_matches_reference(case, dtype, fused, poison_empty):
-    _check(case, dtype, fused=fused)
+def test_chunk_mlstm_matches_reference(case, dtype, path, poison_empty):
+    _check(case, dtype, path=path)
 
 
 # Precision regressions (each failed before its fix, under the interpreter too):
@@ -105,11 +105,11 @@ REGRESSIONS = [  # (case, dtype, seed)
 @pytest.mark.parametrize("case,dtype,seed", REGRESSIONS,
                          ids=[f"{_id(c)}-{str(d)[6:]}-seed{s}" for c, d, s in REGRESSIONS])
 @FWD
-def test_chunk_mlstm_precision_regressions(case, dtype, seed, fused, poison_empty):
-    _check(case, dtype, seed, fused=fused)
+def test_chunk_mlstm_precision_regressions(case, dtype, seed, path, poison_empty):
+    _check(case, dtype, seed, path=path)
 
 
-def _check(case, dtype, seed=1, fused=None):
+def _check(case, dtype, seed=1, path=None):
     B, T, H, K, V, L, gates, with_state = case
     x, state = _inputs(B, T, H, K, V, gates, with_state, seed)
     # the reference sees the very values the kernel sees: inputs rounded to dtype, state to fp32
@@ -118,7 +118,7 @@ def _check(case, dtype, seed=1, fused=None):
     h_ref, s_ref, m_ref, g_ref = _run(naive_recurrent_mlstm, x, state)
     xd = {k: t.to(DEV, dtype) for k, t in x.items()}
     sd = tuple(t.to(DEV, torch.float32) for t in state) if state is not None else None
-    h, s, _, grads = _run(chunk_mlstm, xd, sd, m_ref=m_ref.to(DEV), chunk_size=L, fused_forward=fused)
+    h, s, _, grads = _run(chunk_mlstm, xd, sd, m_ref=m_ref.to(DEV), chunk_size=L, **(path or {}))
     tol = TOL[dtype]
     assert h.dtype == dtype and s[0].dtype == torch.float32
     assert_rel_close(h.cpu(), h_ref, tol["h"], "h")
@@ -132,7 +132,7 @@ def _check(case, dtype, seed=1, fused=None):
 
 
 @FWD
-def test_chunk_mlstm_stabiliser_gradients(fused, poison_empty):
+def test_chunk_mlstm_stabiliser_gradients(path, poison_empty):
     """A loss on the raw (C, n, m) and a large eps: the gradient through the max-stabiliser path
     (h depends on m through eps, the final state through its m) is then O(1), not O(1e-6)."""
     B, T, H, K, V, L, eps = 1, 40, 2, 16, 16, 16, 0.1
@@ -150,7 +150,7 @@ def test_chunk_mlstm_stabiliser_gradients(fused, poison_empty):
         return [h, *st, *torch.autograd.grad(loss, [*lv.values(), *s0])]
     ref = run(naive_recurrent_mlstm, x, state)
     out = run(chunk_mlstm, {k: t.to(DEV, torch.float32) for k, t in x.items()},
-              tuple(t.to(DEV, torch.float32) for t in state), chunk_size=L, fused_forward=fused)
+              tuple(t.to(DEV, torch.float32) for t in state), chunk_size=L, **path)
     for name, a, b in zip("h C n m dq dk dv di df dC0 dn0 dm0".split(), out, ref):
         assert_rel_close(a.cpu(), b, 1e-4, name)
 
@@ -172,7 +172,7 @@ INFERENCE_CASES = [(1, 63, 2, 80, 16, 16, "near1", True), (2, 40, 1, 16, 32, 32,
 
 @pytest.mark.parametrize("case", INFERENCE_CASES, ids=[_id(c) for c in INFERENCE_CASES])
 @FWD
-def test_chunk_mlstm_inference_matches_reference(case, fused, poison_empty):
+def test_chunk_mlstm_inference_matches_reference(case, path, poison_empty):
     """Without a gradient the fused walk saves nothing for the backward (SAVE off: only the final
     n, m slots): h and the final state alone, against the reference."""
     B, T, H, K, V, L, gates, with_state = case
@@ -183,7 +183,7 @@ def test_chunk_mlstm_inference_matches_reference(case, fused, poison_empty):
     xd = {k: t.to(DEV, torch.float32) for k, t in x.items()}
     sd = tuple(t.to(DEV, torch.float32) for t in state) if state is not None else None
     with torch.no_grad():
-        h, (C, n, m) = chunk_mlstm(**xd, chunk_size=L, initial_state=sd, fused_forward=fused)
+        h, (C, n, m) = chunk_mlstm(**xd, chunk_size=L, initial_state=sd, **path)
     s = torch.exp(m.cpu().double() - m_ref)
     assert_rel_close(h.cpu(), h_ref, 1e-4, "h")
     assert_rel_close(C.cpu() * s[..., None, None], C_ref, 1e-4, "C final")
@@ -230,6 +230,53 @@ def test_chunk_mlstm_forward_path_follows_the_gpu_size(monkeypatch):
         with torch.no_grad():
             chunk_mlstm(q, q, v, g, g, chunk_size=16)
     assert seen == [DEV == "cpu", False]
+
+
+@FWD
+def test_chunk_mlstm_chunks_without_writes(path, poison_empty):
+    """Input gates at -inf over whole chunks (masked tokens): such a chunk writes nothing, and the
+    chunk-parallel pass must weigh its (empty) write 0 rather than form -inf - -inf."""
+    B, T, H, K, V, L = 1, 50, 2, 16, 16, 16
+    x, _ = _inputs(B, T, H, K, V, "near1", False)
+    x["i"][:, 16:32] = float("-inf")                                 # the second chunk, both heads
+    x["i"][:, :16, 0] = float("-inf")                                # the first chunk of head 0
+    h_ref, (C_ref, n_ref, m_ref) = naive_recurrent_mlstm(**x)
+    with torch.no_grad():
+        h, (C, n, m) = chunk_mlstm(**{k: t.to(DEV, torch.float32) for k, t in x.items()}, chunk_size=L, **path)
+    s = torch.exp(m.cpu().double() - m_ref)
+    assert_rel_close(h.cpu(), h_ref, 1e-4, "h")
+    assert_rel_close(C.cpu() * s[..., None, None], C_ref, 1e-4, "C final")
+    assert_rel_close(n.cpu() * s[..., None], n_ref, 1e-4, "n final")
+
+
+def test_chunk_mlstm_parallel_states_default(monkeypatch):
+    """The chunk-parallel state pass is off by default until measured (PARALLEL_STATES_BELOW_PER_SM
+    None); once set (here 1.0 on a 132-SM H100) it runs where the sequential walk's (K tile, V tile,
+    batch, head) programs number fewer, never on the interpreter's CPU, and never with the fused walk."""
+    from kernels import triton_utils
+    from kernels.mlstm import chunk as mc
+    assert mc.PARALLEL_STATES_BELOW_PER_SM is None
+    gpu = torch.device("cuda", 0)
+    assert not mc.parallel_states_by_default(1, 1, 128, 128, gpu)
+    monkeypatch.setattr(mc, "PARALLEL_STATES_BELOW_PER_SM", 1.0)
+    monkeypatch.setattr(triton_utils, "_sm_count", lambda index: 132)
+    assert mc.parallel_states_by_default(1, 4, 128, 256, gpu)         # 2 x 4 x 4 = 32 programs
+    assert mc.parallel_states_by_default(16, 1, 128, 128, gpu)        # 2 x 2 x 16 = 64
+    assert not mc.parallel_states_by_default(33, 1, 128, 128, gpu)    # 132
+    assert not mc.parallel_states_by_default(1, 4, 128, 256, torch.device("cpu"))
+    seen = []
+    run_forward = mc._forward
+    monkeypatch.setattr(mc, "parallel_states_by_default", lambda *a: True)
+    monkeypatch.setattr(mc, "_forward", lambda *a, **kw: seen.append((kw["fused"], kw["parallel"]))
+                        or run_forward(*a, **kw))
+    q, v, g = torch.randn(1, 3, 1, 16, device=DEV), torch.randn(1, 3, 1, 16, device=DEV), torch.randn(1, 3, 1)
+    with torch.no_grad():
+        chunk_mlstm(q, q, v, g.to(DEV), g.to(DEV), chunk_size=16)
+        chunk_mlstm(q, q, v, g.to(DEV), g.to(DEV), chunk_size=16, fused_forward=True)
+        chunk_mlstm(q, q, v, g.to(DEV), g.to(DEV), chunk_size=16, parallel_states=False)
+    assert seen == [(False, True), (True, False), (False, False)]  # fused: None until measured
+    with pytest.raises(ValueError, match="fused_forward=True and parallel_states=True exclude each other"):
+        chunk_mlstm(q, q, v, g.to(DEV), g.to(DEV), fused_forward=True, parallel_states=True)
 
 
 @pytest.mark.parametrize("K,chunk,dtype", [(272, 64, torch.float32), (256, 128, torch.float32)],
