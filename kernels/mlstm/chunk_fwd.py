@@ -100,6 +100,18 @@ def _store_state(Cs, ns, ms, b_C, b_n, m_c, s_idx, o_k, o_kv, m_kv, i_k, i_v,
 
 
 @triton.jit
+def _chunk_kv(k, v, i_b, i_h, i_c, i_k, i_v, T, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Chunk ``i_c``'s ``[BT, BK]`` key tile ``i_k`` and ``[BT, BV]`` value tile ``i_v`` (zeros past T)."""
+    p_k = tl.make_block_ptr(k + (i_b.to(tl.int64) * T * H + i_h) * K, (T, K), (H * K, 1),
+                            (i_c * BT, i_k * BK), (BT, BK), (1, 0))
+    p_v = tl.make_block_ptr(v + (i_b.to(tl.int64) * T * H + i_h) * V, (T, V), (H * V, 1),
+                            (i_c * BT, i_v * BV), (BT, BV), (1, 0))
+    return (tl.load(p_k, boundary_check=(0, 1), padding_option="zero"),
+            tl.load(p_v, boundary_check=(0, 1), padding_option="zero"))
+
+
+@triton.jit
 def _state_update(b_C, b_n, m_c, b_k, b_v, b_b, b_i, b_g, LOW: tl.constexpr, PREC: tl.constexpr):
     """The state after a chunk from the one entering it, ``b_k [BT, BK]``, ``b_v [BT, BV]`` its keys
     and values and its gates: ``m' = max(g + m, max_s a_s)``, ``a_s = g - b_s + i_s``,
@@ -192,13 +204,8 @@ def mlstm_fwd_states_kernel(k, v, i, f, C0, n0, m0, Cs, ns, ms, CT, T, NT,
     s_base = i_bh.to(tl.int64) * (NT + 1)
     for i_c in range(NT):
         _store_state(Cs, ns, ms, b_C, b_n, m_c, s_base + i_c, o_k, o_kv, m_kv, i_k, i_v, K, V)
-        o_t, m_t, b_b, b_i, b_g = _chunk_gates(i, f, i_b, i_h, i_c, T, H, BT)
-        p_k = tl.make_block_ptr(k + (i_b.to(tl.int64) * T * H + i_h) * K, (T, K), (H * K, 1),
-                                (i_c * BT, i_k * BK), (BT, BK), (1, 0))
-        p_v = tl.make_block_ptr(v + (i_b.to(tl.int64) * T * H + i_h) * V, (T, V), (H * V, 1),
-                                (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")                 # [BT, BK]
-        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                 # [BT, BV]
+        _, _, b_b, b_i, b_g = _chunk_gates(i, f, i_b, i_h, i_c, T, H, BT)
+        b_k, b_v = _chunk_kv(k, v, i_b, i_h, i_c, i_k, i_v, T, H, K, V, BT, BK, BV)
         b_C, b_n, m_c = _state_update(b_C, b_n, m_c, b_k, b_v, b_b, b_i, b_g, LOW, PREC)
     _store_state(Cs, ns, ms, b_C, b_n, m_c, s_base + NT, o_k, o_kv, m_kv, i_k, i_v, K, V)
     tl.store(CT + i_bh.to(tl.int64) * K * V + o_kv, b_C, mask=m_kv)
@@ -226,12 +233,7 @@ def mlstm_fwd_local_kernel(k, v, i, f, Cs, ns, stats, T, NT, H: tl.constexpr, K:
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     _, _, b_b, b_i, b_g = _chunk_gates(i, f, i_b, i_h, i_c, T, H, BT)
-    p_k = tl.make_block_ptr(k + (i_b.to(tl.int64) * T * H + i_h) * K, (T, K), (H * K, 1),
-                            (i_c * BT, i_k * BK), (BT, BK), (1, 0))
-    p_v = tl.make_block_ptr(v + (i_b.to(tl.int64) * T * H + i_h) * V, (T, V), (H * V, 1),
-                            (i_c * BT, i_v * BV), (BT, BV), (1, 0))
-    b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")                     # [BT, BK]
-    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")                     # [BT, BV]
+    b_k, b_v = _chunk_kv(k, v, i_b, i_h, i_c, i_k, i_v, T, H, K, V, BT, BK, BV)
     # _state_update from an empty state whose stabiliser is far below any gate (finite, so a chunk
     # whose every i is -inf gives weights exp(-inf) = 0, not -inf - -inf): returns the chunk's own
     # write, and as m' its a*_c (or ~-1e30 for such a chunk, which the pass then weighs 0)
