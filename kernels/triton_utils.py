@@ -17,6 +17,19 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# Host-side integer helpers. Triton 3.6 wraps triton.cdiv and triton.next_power_of_2 as constexpr
+# functions, ~2 us a call on the host (timeit, this 2-core CPU): a decode step's launch computed 3-7
+# of them per call. These are the same formulas on plain ints.
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints, as ``triton.cdiv``."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (0 for n = 0), as ``triton.next_power_of_2``."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0
+
+
 def autotune_configs(configs: list) -> list:
     """The configs to autotune over: all of them on a GPU, the first alone under the interpreter
     (timing configs needs a GPU, and each interpreted run costs seconds)."""

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import check_device, interpreting
+from kernels.triton_utils import cdiv, check_device, interpreting, next_power_of_2
 
 _LOG2E = 1.4426950408889634
 
@@ -96,9 +96,9 @@ def attention_decode_combine_kernel(m_part, l_part, o_part, o, s_ob, s_oh, NSP,
 def _plan_splits(B: int, Hkv: int, S: int, BS: int, device) -> int:
     """Rows per split (a multiple of BS): enough programs to fill the GPU (~2 per SM)."""
     n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    n_blocks = triton.cdiv(max(S, 1), BS)
-    splits = max(1, min(n_blocks, triton.cdiv(2 * n_sm, B * Hkv)))
-    return triton.cdiv(n_blocks, splits) * BS
+    n_blocks = cdiv(max(S, 1), BS)
+    splits = max(1, min(n_blocks, cdiv(2 * n_sm, B * Hkv)))
+    return cdiv(n_blocks, splits) * BS
 
 
 def attention_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -130,7 +130,7 @@ def attention_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         raise ValueError(f"{op}: cache_len = {cache_len} must be in [1, S = {S}]")
     BS = _block or (16 if interpreting() else 64)
     split_len = _split_len or _plan_splits(B, Hkv, S if has_lens else int(cache_len), BS, q.device)
-    n_sp = triton.cdiv(S if has_lens else int(cache_len), split_len)
+    n_sp = cdiv(S if has_lens else int(cache_len), split_len)
     G = H // Hkv
     m_part = torch.empty(B, H, n_sp, device=q.device, dtype=torch.float32)
     l_part = torch.empty_like(m_part)
@@ -139,10 +139,10 @@ def attention_decode_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
         q, k_cache, v_cache, cache_len if has_lens else None, m_part, l_part, o_part,
         0 if has_lens else int(cache_len), split_len, D ** -0.5 * _LOG2E,
         q.stride(0), q.stride(1), *k_cache.stride()[:3], *v_cache.stride()[:3],
-        H=H, G=G, D=D, BG=max(16, triton.next_power_of_2(G)), BD=max(16, triton.next_power_of_2(D)), BS=BS,
+        H=H, G=G, D=D, BG=max(16, next_power_of_2(G)), BD=max(16, next_power_of_2(D)), BS=BS,
         HAS_LENS=has_lens, IEEE=q.dtype == torch.float32, num_warps=4)
     o = torch.empty_like(q)
     attention_decode_combine_kernel[(B, H)](m_part, l_part, o_part, o, o.stride(0), o.stride(1), n_sp,
-                                            H=H, D=D, BSP=triton.next_power_of_2(n_sp),
-                                            BD=triton.next_power_of_2(D), num_warps=1)
+                                            H=H, D=D, BSP=next_power_of_2(n_sp),
+                                            BD=next_power_of_2(D), num_warps=1)
     return o

@@ -12,14 +12,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import interpreting
+from kernels.triton_utils import interpreting, next_power_of_2
 
 MIN_DOT = 16 if interpreting() else 64
 
 
 def dot_block(n: int) -> int:
     """The tile for a head dim of ``n``: a power of two >= n, never below ``MIN_DOT``."""
-    return max(MIN_DOT, triton.next_power_of_2(n))
+    return max(MIN_DOT, next_power_of_2(n))
 
 
 def prune_bv(configs, named_args, **kwargs):

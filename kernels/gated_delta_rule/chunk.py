@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import triton
 from torch import Tensor
 
 from kernels.gated_delta_rule.blocks import dot_block
@@ -51,7 +50,7 @@ from kernels.gated_delta_rule.chunk_wy import (
     gated_delta_rule_fwd_solve_kernel,
     gated_delta_rule_fwd_wu_kernel,
 )
-from kernels.triton_utils import check_device, check_head_shapes, sequential_walk_fills
+from kernels.triton_utils import cdiv, check_device, check_head_shapes, sequential_walk_fills
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 MAX_KEY_DIM = 256  # the [K, BV] state tile lives in registers; V is tiled (any size)
@@ -113,7 +112,7 @@ def fused_prepare(on: bool):
 def _prepare(k, v, g, beta, BT, DT):
     """gamma (fp32), Ai (dot dtype), W, U (dot dtype): fwd_prep, or fwd_kkt + fwd_solve + fwd_wu."""
     B, T, H, K = k.shape
-    V, NT, prec = v.shape[-1], triton.cdiv(T, BT), _prec(DT)
+    V, NT, prec = v.shape[-1], cdiv(T, BT), _prec(DT)
     gamma = torch.empty(B, T, H, device=k.device, dtype=torch.float32)
     A = torch.empty(B, T, H, BT, device=k.device, dtype=torch.float32)       # fp32 scratch
     Ai = torch.empty(B, T, H, BT, device=k.device, dtype=DT)
@@ -134,18 +133,18 @@ def _recompute_wu(k, v, beta, gamma, Ai, BT, DT):
     V = v.shape[-1]
     w = torch.empty(B, T, H, K, device=k.device, dtype=DT)
     u = torch.empty(B, T, H, V, device=k.device, dtype=DT)
-    gated_delta_rule_fwd_wu_kernel[(triton.cdiv(T, BT), B * H)](
+    gated_delta_rule_fwd_wu_kernel[(cdiv(T, BT), B * H)](
         k, v, beta, gamma, Ai, w, u, T, H, K, V, BT, min(64, _pow2(K)), min(64, _pow2(V)), _prec(DT))
     return w, u
 
 
 def _fwd_h(k, w, u, gamma, h0, BT, DT, store_final):
     B, T, H, K = k.shape
-    V, NT = u.shape[-1], triton.cdiv(T, BT)
+    V, NT = u.shape[-1], cdiv(T, BT)
     h = torch.empty(B, NT, H, K, V, device=k.device, dtype=DT)
     v_new = torch.empty_like(u)
     ht = torch.empty(B, H, K, V, device=k.device, dtype=torch.float32) if store_final else None
-    grid = lambda meta: (triton.cdiv(V, meta["BV"]), B * H)
+    grid = lambda meta: (cdiv(V, meta["BV"]), B * H)
     gated_delta_rule_fwd_h_kernel[grid](k, u, w, gamma, h, v_new, h0, ht, T, H, K, V, BT, _pow2(K),
                                         USE_H0=h0 is not None, STORE_HT=store_final, PREC=_prec(DT))
     return h, v_new, ht
@@ -171,12 +170,12 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, BT, store_final, fused):
     o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
     if fused:
         ht = torch.empty(B, H, K, V, device=k.device, dtype=torch.float32) if store_final else None
-        grid = lambda meta: (triton.cdiv(V, meta["BV"]), B * H)
+        grid = lambda meta: (cdiv(V, meta["BV"]), B * H)
         gated_delta_rule_fwd_ho_kernel[grid](q, k, u, w, gamma, o, h0, ht, scale, T, H, K, V, BT, _pow2(K),
                                              USE_H0=h0 is not None, STORE_HT=store_final, PREC=_prec(DT))
         return o, ht, gamma, Ai
     h, v_new, ht = _fwd_h(k, w, u, gamma, h0, BT, DT, store_final)
-    grid = lambda meta: (triton.cdiv(V, meta["BV"]), triton.cdiv(T, BT), B * H)
+    grid = lambda meta: (cdiv(V, meta["BV"]), cdiv(T, BT), B * H)
     gated_delta_rule_fwd_o_kernel[grid](q, k, v_new, h, gamma, o, scale, T, H, K, V, BT, min(64, _pow2(K)),
                                         PREC=_prec(DT))
     return o, ht, gamma, Ai
@@ -184,17 +183,17 @@ def chunk_fwd(q, k, v, g, beta, scale, h0, BT, store_final, fused):
 
 def chunk_bwd(q, k, v, g, beta, scale, h0, gamma, Ai, do, dht, BT):
     B, T, H, K = q.shape
-    V, DT, prec, NT, dev = v.shape[-1], dot_dtype(q, k, v), _prec(dot_dtype(q, k, v)), triton.cdiv(T, BT), q.device
+    V, DT, prec, NT, dev = v.shape[-1], dot_dtype(q, k, v), _prec(dot_dtype(q, k, v)), cdiv(T, BT), q.device
     w, u = _recompute_wu(k, v, beta, gamma, Ai, BT, DT)
     h, v_new, _ = _fwd_h(k, w, u, gamma, h0, BT, DT, False)
     dv_local = torch.empty(B, T, H, V, device=dev, dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(V, meta["BV"]), NT, B * H)
+    grid = lambda meta: (cdiv(V, meta["BV"]), NT, B * H)
     gated_delta_rule_bwd_dv_local_kernel[grid](q, k, gamma, do, dv_local, scale, T, H, K, V, BT,
                                                min(64, _pow2(K)), DOT_DT=Ai, PREC=prec)
     dh = torch.empty(B, NT, H, K, V, device=dev, dtype=DT)
     du = torch.empty(B, T, H, V, device=dev, dtype=torch.float32)
     dh0 = torch.empty(B, H, K, V, device=dev, dtype=h0.dtype) if h0 is not None else None
-    grid = lambda meta: (triton.cdiv(V, meta["BV"]), B * H)
+    grid = lambda meta: (cdiv(V, meta["BV"]), B * H)
     gated_delta_rule_bwd_dh_kernel[grid](q, k, w, gamma, do, dv_local, du, dh, dht, dh0, scale, T, H, K, V, BT,
                                          _pow2(K), USE_DHT=dht is not None, STORE_DH0=h0 is not None, PREC=prec)
     dq = torch.empty_like(q)

@@ -16,7 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.gated_delta_rule.chunk import check_inputs
-from kernels.triton_utils import check_device
+from kernels.triton_utils import cdiv, check_device, next_power_of_2
 
 
 @triton.jit
@@ -55,12 +55,12 @@ def _launch(q, k, v, g, beta, scale, h0, ht):
     B, T, H, K = q.shape
     V = v.shape[-1]
     o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
-    BK = max(16, triton.next_power_of_2(K))
+    BK = max(16, next_power_of_2(K))
     # enough programs to fill the GPU at decode (B*H small) without spilling the [BK, BV] tile
-    BV = min(max(16, triton.next_power_of_2(V)), 64 if BK <= 128 else 32)
-    while BV > 16 and B * H * triton.cdiv(V, BV) < 264:
+    BV = min(max(16, next_power_of_2(V)), 64 if BK <= 128 else 32)
+    while BV > 16 and B * H * cdiv(V, BV) < 264:
         BV //= 2
-    grid = (triton.cdiv(V, BV), B * H)
+    grid = (cdiv(V, BV), B * H)
     gated_delta_rule_fwd_recurrent_kernel[grid](q, k, v, g, beta, o, h0, ht, scale, T, H, K, V, BK, BV,
                                                 USE_H0=h0 is not None, STORE_HT=ht is not None,
                                                 num_warps=4 if BK * BV >= 4096 else 2)

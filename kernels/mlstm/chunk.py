@@ -41,7 +41,7 @@ from kernels.mlstm.chunk_fwd import (
     mlstm_fwd_states_kernel,
 )
 from kernels.mlstm.chunk_gates import mlstm_bwd_gates_kernel, mlstm_bwd_prep_kernel
-from kernels.triton_utils import check_device, check_head_shapes, sequential_walk_fills
+from kernels.triton_utils import cdiv, check_device, check_head_shapes, sequential_walk_fills
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]
 CHUNK_SIZES = (16, 32, 64, 128)
@@ -95,7 +95,7 @@ def fused_forward_by_default(B: int, H: int, K: int, V: int, chunk_size: int, dt
     (``fused_forward_fits``) and its (V tile, batch, head) programs fill the GPU, else the two passes."""
     if FUSED_PROGRAMS_PER_SM is None or not fused_forward_fits(K, chunk_size, dtype):
         return False
-    return sequential_walk_fills(B * H * _cdiv(V, _blocks(K, V)[1]), device, FUSED_PROGRAMS_PER_SM)
+    return sequential_walk_fills(B * H * cdiv(V, _blocks(K, V)[1]), device, FUSED_PROGRAMS_PER_SM)
 
 
 def parallel_states_by_default(B: int, H: int, K: int, V: int, device: torch.device) -> bool:
@@ -104,7 +104,7 @@ def parallel_states_by_default(B: int, H: int, K: int, V: int, device: torch.dev
     if PARALLEL_STATES_BELOW_PER_SM is None:
         return False
     BK, BV = _blocks(K, V)
-    return not sequential_walk_fills(B * H * _cdiv(K, BK) * _cdiv(V, BV), device, PARALLEL_STATES_BELOW_PER_SM)
+    return not sequential_walk_fills(B * H * cdiv(K, BK) * cdiv(V, BV), device, PARALLEL_STATES_BELOW_PER_SM)
 
 
 def _flags(dtype: torch.dtype) -> dict:
@@ -156,7 +156,7 @@ def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save=False, fused=False, 
     ``ns[:, -1], ms[:, -1]`` the final n, m. The fused walk without ``save`` writes no Cs (None), no
     per-token values (None) and only the final slot of ``ns, ms``."""
     B, T, H, K = q.shape
-    V, NT, BH = v.shape[-1], _cdiv(T, L), B * H
+    V, NT, BH = v.shape[-1], cdiv(T, L), B * H
     BK, BV = _blocks(K, V)
     fl, dev = _flags(q.dtype), q.device
     f32 = {"device": dev, "dtype": torch.float32}
@@ -174,30 +174,26 @@ def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save=False, fused=False, 
     init = (C0, n0, m0) if has_init else (ns, ns, ms)   # unread without HAS_INIT
     if fused:
         out = (Cs, m_tok, d_tok, den_tok) if keep else (ns, ns, ns, ns)   # unread without SAVE
-        mlstm_fwd_fused_kernel[(_cdiv(V, BV), BH)](
+        mlstm_fwd_fused_kernel[(cdiv(V, BV), BH)](
             q, k, v, i, f, *init, h, h32, out[0], ns, ms, CT, *out[1:], scale, eps, T, NT, NS,
             H=H, K=K, V=V, BT=L, BKF=_fused_key_block(K), BV=BV, HAS_INIT=has_init, SAVE=save,
             SAVE_H32=save_h32, **fl)
     elif parallel:
         stats = torch.empty(BH, NT, 2, **f32)     # per chunk (g_c, a*_c) for the pass
-        mlstm_fwd_local_kernel[(_cdiv(K, BK) * _cdiv(V, BV), NT, BH)](
+        mlstm_fwd_local_kernel[(cdiv(K, BK) * cdiv(V, BV), NT, BH)](
             k, v, i, f, Cs, ns, stats, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
-        mlstm_fwd_pass_kernel[(_cdiv(K * V, PASS_BLOCK) + 1, BH)](
+        mlstm_fwd_pass_kernel[(cdiv(K * V, PASS_BLOCK) + 1, BH)](
             *init, Cs, ns, ms, stats, CT, NT, K=K, V=V, BLK=PASS_BLOCK, BKN=_fused_key_block(K),
             HAS_INIT=has_init, num_warps=2)
     else:
-        mlstm_fwd_states_kernel[(_cdiv(K, BK), _cdiv(V, BV), BH)](
+        mlstm_fwd_states_kernel[(cdiv(K, BK), cdiv(V, BV), BH)](
             k, v, i, f, *init, Cs, ns, ms, CT, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV,
             HAS_INIT=has_init, **fl)
     if not fused:
-        mlstm_fwd_output_kernel[(_cdiv(V, BV), NT, BH)](
+        mlstm_fwd_output_kernel[(cdiv(V, BV), NT, BH)](
             q, k, v, i, f, Cs, ns, ms, h, h32, m_tok, d_tok, den_tok, scale, eps, T, NT,
             H=H, K=K, V=V, BT=L, BK=BK, BV=BV, SAVE_H32=save_h32, **fl)
     return h, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class ChunkMLSTMFunction(torch.autograd.Function):
@@ -224,9 +220,9 @@ class ChunkMLSTMFunction(torch.autograd.Function):
 def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
               dh, dCT, dnT, dmT, scale, eps, L):
     B, T, H, K = q.shape
-    V, NT, BH = v.shape[-1], _cdiv(T, L), B * H
+    V, NT, BH = v.shape[-1], cdiv(T, L), B * H
     BK, BV = _blocks(K, V)
-    NK, NV = _cdiv(K, BK), _cdiv(V, BV)
+    NK, NV = cdiv(K, BK), cdiv(V, BV)
     fl, dev = _flags(q.dtype), q.device
     f32 = dict(device=dev, dtype=torch.float32)
     dh = (torch.zeros_like(h) if dh is None else dh).to(v.dtype).contiguous()

@@ -14,7 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mlstm.chunk_fwd import _logsigmoid
-from kernels.triton_utils import autotune_configs, check_device
+from kernels.triton_utils import autotune_configs, cdiv, check_device, next_power_of_2
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]
 
@@ -102,8 +102,8 @@ def mlstm_recurrent_kernel(q, k, v, i, f, C0, n0, m0, h, CT, nT, mT, scale, eps,
 
 
 def _bk_bv(K: int, V: int, bv_max: int) -> tuple[int, int]:
-    BK = triton.next_power_of_2(K)
-    return BK, max(16, min(bv_max, triton.next_power_of_2(V), 4096 // BK))
+    BK = next_power_of_2(K)
+    return BK, max(16, min(bv_max, next_power_of_2(V), 4096 // BK))
 
 
 def _check_no_grad(op: str, *tensors):
@@ -135,7 +135,7 @@ def fused_recurrent_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     nT = torch.empty(B, H, K, device=q.device, dtype=torch.float32)
     mT = torch.empty(B, H, device=q.device, dtype=torch.float32)
     s0 = tuple(s.contiguous() for s in initial_state) if initial_state is not None else (CT, nT, mT)
-    mlstm_recurrent_kernel[(triton.cdiv(V, BV), B * H)](
+    mlstm_recurrent_kernel[(cdiv(V, BV), B * H)](
         q, k, v, i, f, *s0, h, CT, nT, mT, scale, eps, T, H=H, K=K, V=V, BK=BK, BV=BV,
         HAS_INIT=initial_state is not None)
     return h, ((CT, nT, mT) if output_final_state else None)
@@ -169,7 +169,7 @@ def fused_mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, stat
     BK, BV = _bk_bv(K, V, 32)
     # in place: one program per head (n is read whole by all); else split V across programs
     aliased = any(a.data_ptr() == b.data_ptr() for a, b in zip(out_state, state))
-    nsplit = 1 if aliased else triton.cdiv(V, BV)
+    nsplit = 1 if aliased else cdiv(V, BV)
     h = torch.empty_like(v)
     mlstm_step_kernel[(nsplit, B * H)](q, k, v, i, f, C, n, m, h, *out_state, scale, eps, nsplit,
                                        K=K, V=V, BK=BK, BV=BV)

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from kernels.selective_scan.scan_fwd import LOG2E, check_inputs, softplus
-from kernels.triton_utils import check_device, interpreting
+from kernels.triton_utils import cdiv, check_device, interpreting, next_power_of_2
 
 # A decode step at small batch is bound by host time (B = 1, D 2048, N 16 on an H100: 66.9 us a step
 # against a state of 0.26 MB), so the wrapper does little per call: the launch config comes from the
@@ -31,7 +31,7 @@ _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def step_block(batch: int, channels: int) -> tuple[int, int]:
     """(channels per program, warps) of the decode step for this batch and channel count."""
     for bd, warps in _STEP_BLOCKS:
-        if batch * triton.cdiv(channels, bd) >= _STEP_PROGRAMS:
+        if batch * cdiv(channels, bd) >= _STEP_PROGRAMS:
             return bd, warps
     return _STEP_BLOCKS[-1]
 
@@ -97,9 +97,9 @@ def fused_selective_scan_step(u_t, delta_t, A, B_t, C_t, state, D=None, z_t=None
     h_out = out_state if out_state is not None else torch.empty_like(state)
     y = torch.empty_like(u_t)
     BD, warps = step_block(b, Dch)
-    selective_scan_step_kernel[(triton.cdiv(Dch, BD), b)](
+    selective_scan_step_kernel[(cdiv(Dch, BD), b)](
         u_t, delta_t, A, B_t, C_t, D, z_t, delta_bias, state, h_out, y, Dch, N=N,
-        BN=triton.next_power_of_2(N), BD=BD, HAS_D=D is not None, HAS_Z=z_t is not None,
+        BN=next_power_of_2(N), BD=BD, HAS_D=D is not None, HAS_Z=z_t is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, num_warps=warps)
     return y, h_out
 

@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from kernels.selective_scan.scan_fwd import LOG2E, affine_excl_combine, block_offsets, load_block, step_sizes
+from kernels.triton_utils import cdiv, next_power_of_2
 
 BWD_WARPS = 8  # fixed, not autotuned: BD follows from it and the dB/dC partials' shape from BD
 
@@ -144,8 +145,8 @@ def selective_scan_bwd(dy, dht, u, delta, A, B, C, D, z, delta_bias, delta_softp
     N = A.shape[1]
     BT = chunk_size
     # threads are laid out over (BD, BN) and each holds a column of BT tokens: 32 * warps = BD * BN
-    BD = max(1, min(triton.next_power_of_2(Dch), 32 * BWD_WARPS // triton.next_power_of_2(N)))
-    ND = triton.cdiv(Dch, BD)
+    BD = max(1, min(next_power_of_2(Dch), 32 * BWD_WARPS // next_power_of_2(N)))
+    ND = cdiv(Dch, BD)
     f32 = dict(dtype=torch.float32)
     du, ddelta = torch.empty_like(u), torch.empty_like(delta)
     dz = torch.empty_like(z) if z is not None else None
@@ -156,7 +157,7 @@ def selective_scan_bwd(dy, dht, u, delta, A, B, C, D, z, delta_bias, delta_softp
     dh0 = u.new_empty(b, Dch, N, **f32) if has_h0 else None
     selective_scan_bwd_kernel[(ND, b)](
         u, delta, A, B, C, D, z, delta_bias, hc, dy, dht, du, ddelta, dz, dB_part, dC_part, dA_part,
-        dD_part, dbias_part, dh0, T, Dch, N=N, BN=triton.next_power_of_2(N), BT=BT, BD=BD,
+        dD_part, dbias_part, dh0, T, Dch, N=N, BN=next_power_of_2(N), BT=BT, BD=BD,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=delta_softplus, HAS_DHT=dht is not None, HAS_H0=has_h0, num_warps=BWD_WARPS)
     dA = dA_part.sum(0).to(A.dtype)

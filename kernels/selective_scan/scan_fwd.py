@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import autotune_configs, check_device
+from kernels.triton_utils import autotune_configs, cdiv, check_device, next_power_of_2
 
 LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x log2 e): one MUFU op
 
@@ -195,14 +195,14 @@ def selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, init
     """-> (y [B,T,D] in u.dtype, final state fp32 [B,D,N] or None, block states [B,NT,D,N] or None)."""
     b, T, Dch = u.shape
     N = A.shape[1]
-    NT = triton.cdiv(T, chunk_size)
+    NT = cdiv(T, chunk_size)
     y = torch.empty_like(u)
     ht = u.new_empty(b, Dch, N, dtype=torch.float32) if output_final_state else None
     hc = u.new_empty(b, NT, Dch, N, dtype=torch.float32) if save_states else None
-    grid = lambda meta: (triton.cdiv(Dch, meta["BD"]), b)
+    grid = lambda meta: (cdiv(Dch, meta["BD"]), b)
     selective_scan_fwd_kernel[grid](
         u, delta, A, B, C, D, z, delta_bias, initial_state, y, ht, hc, T, Dch,
-        N=N, BN=triton.next_power_of_2(N), BT=chunk_size, HAS_D=D is not None, HAS_Z=z is not None,
+        N=N, BN=next_power_of_2(N), BT=chunk_size, HAS_D=D is not None, HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus, HAS_H0=initial_state is not None,
         STORE_FINAL=output_final_state, SAVE_STATES=save_states)
     return y, ht, hc

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import autotune_configs, check_device
+from kernels.triton_utils import autotune_configs, cdiv, check_device, next_power_of_2
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -266,14 +266,14 @@ def short_conv_fwd(x, weight, bias, state, silu: bool, state_dtype: torch.dtype,
     new_state = torch.empty(B, C, W - 1, device=x.device, dtype=state_dtype)
     args = (x, weight, bias, state, y, new_state, T, C, *x.stride(), *weight.stride(), *_strides3(state),
             *new_state.stride())
-    meta = {"W": W, "WS": triton.next_power_of_2(W - 1), "SILU": silu, "HAS_BIAS": bias is not None,
+    meta = {"W": W, "WS": next_power_of_2(W - 1), "SILU": silu, "HAS_BIAS": bias is not None,
             "HAS_STATE": state is not None}
     if blocks is None:
-        grid = lambda m: (triton.cdiv(T, m["BT"]), triton.cdiv(C, m["BC"]), B)
+        grid = lambda m: (cdiv(T, m["BT"]), cdiv(C, m["BC"]), B)
         _fwd_tuned[grid](*args, **meta)
     else:
         bt, bc, nw = blocks
-        short_conv_fwd_kernel[(triton.cdiv(T, bt), triton.cdiv(C, bc), B)](*args, **meta, BT=bt, BC=bc,
+        short_conv_fwd_kernel[(cdiv(T, bt), cdiv(C, bc), B)](*args, **meta, BT=bt, BC=bc,
                                                                              num_warps=nw)
     return y, new_state
 
@@ -285,10 +285,10 @@ def short_conv_bwd(x, weight, bias, state, dy, dns, silu: bool, blocks=None, row
     W = weight.shape[1]
     U = T + W - 1  # combined rows: W-1 of state, T of x
     if rows is None:
-        per_b = max(1, _BWD_TARGET_PROGRAMS // (B * triton.cdiv(C, 128)))
-        rows = triton.cdiv(triton.cdiv(U, per_b), _BWD_ROW_QUANTUM) * _BWD_ROW_QUANTUM
-    n_split = triton.cdiv(U, rows)
-    WP = triton.next_power_of_2(W)
+        per_b = max(1, _BWD_TARGET_PROGRAMS // (B * cdiv(C, 128)))
+        rows = cdiv(cdiv(U, per_b), _BWD_ROW_QUANTUM) * _BWD_ROW_QUANTUM
+    n_split = cdiv(U, rows)
+    WP = next_power_of_2(W)
     dx = torch.empty(B, T, C, device=x.device, dtype=x.dtype)
     dstate = torch.empty_like(state) if state is not None else None
     dw_part = torch.empty(B * n_split, WP, C, device=x.device, dtype=torch.float32)
@@ -297,11 +297,11 @@ def short_conv_bwd(x, weight, bias, state, dy, dns, silu: bool, blocks=None, row
             *x.stride(), *weight.stride(), *_strides3(state), *dy.stride(), *dns.stride(), *_strides3(dstate))
     meta = {"W": W, "WP": WP, "SILU": silu, "HAS_BIAS": bias is not None, "HAS_STATE": state is not None}
     if blocks is None:
-        _bwd_tuned[lambda m: (n_split, triton.cdiv(C, m["BC"]), B)](*args, **meta)
+        _bwd_tuned[lambda m: (n_split, cdiv(C, m["BC"]), B)](*args, **meta)
     else:
         bt, bc, nw = blocks
         assert rows % bt == 0 and bt >= 2 * (W - 1), "rows must be a multiple of BT, and BT >= 2(W-1)"
-        short_conv_bwd_kernel[(n_split, triton.cdiv(C, bc), B)](*args, **meta, BT=bt, BC=bc, num_warps=nw)
+        short_conv_bwd_kernel[(n_split, cdiv(C, bc), B)](*args, **meta, BT=bt, BC=bc, num_warps=nw)
     dweight = dw_part[:, :W].sum(0).t().to(weight.dtype)  # [C, W]; torch's sum is deterministic
     dbias = db_part.sum(0).to(bias.dtype) if bias is not None else None
     return dx, dweight, dbias, dstate

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels.short_conv.conv import _silu_flag, check_conv_inputs
+from kernels.triton_utils import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -65,9 +66,9 @@ def causal_conv1d_step_triton(x_t: torch.Tensor, weight: torch.Tensor, bias: tor
         raise ValueError(f"causal_conv1d_step_triton: out_state must match state ({tuple(state.shape)}, "
                          f"{state.dtype}, {state.device}); got {tuple(out_state.shape)}, {out_state.dtype}")
     y = torch.empty(B, C, device=x_t.device, dtype=x_t.dtype)
-    BC = min(256, triton.next_power_of_2(C))
-    short_conv_step_kernel[(B, triton.cdiv(C, BC))](
+    BC = min(256, next_power_of_2(C))
+    short_conv_step_kernel[(B, cdiv(C, BC))](
         x_t, weight, bias, state, y, out_state, C, *x_t.stride(), *weight.stride(), *state.stride(),
-        *out_state.stride(), W=W, WP=triton.next_power_of_2(W), BC=BC, SILU=silu, HAS_BIAS=bias is not None,
+        *out_state.stride(), W=W, WP=next_power_of_2(W), BC=BC, SILU=silu, HAS_BIAS=bias is not None,
         num_warps=4)
     return y, out_state

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels.ssd.chunk_fwd import dot_precision, fwd_states, pow2, small_grid
-from kernels.triton_utils import autotune_configs
+from kernels.triton_utils import autotune_configs, cdiv
 
 
 @triton.autotune(
@@ -250,12 +250,12 @@ def bwd(x, dt, A, B, C, D, initial_state, dy, dht, chunk_size: int):
     b, T, H, P = x.shape
     G, N = B.shape[-2:]
     BT = min(chunk_size, BWD_CHUNK)
-    NT = triton.cdiv(T, BT)
+    NT = cdiv(T, BT)
     prec = dot_precision(x.dtype)
     h, _, cs = fwd_states(x, dt, A, B, initial_state, BT, store_h=True, store_final=False)
     dh = x.new_empty(b, NT, H, P, N)
     dh0 = x.new_empty(b, H, P, N, dtype=torch.float32) if initial_state is not None else None
-    grid = lambda meta: (triton.cdiv(P, meta["BP"]), triton.cdiv(N, meta["BN"]), b * H)
+    grid = lambda meta: (cdiv(P, meta["BP"]), cdiv(N, meta["BN"]), b * H)
     ssd_bwd_dh_kernel[grid](dy, C, cs, dht, dh, dh0, T, NT, small_grid(b * H), H=H, G=G, P=P, N=N, BT=BT,
                             HAS_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=prec)
     dx = torch.empty_like(x)
@@ -266,7 +266,7 @@ def bwd(x, dt, A, B, C, D, initial_state, dy, dht, chunk_size: int):
                                    BT=BT, BP=pow2(P), HAS_D=D is not None, PREC=prec)
     R = H // G
     BN = min(pow2(N), BWD_BN)
-    NNT = triton.cdiv(N, BN)
+    NNT = cdiv(N, BN)
     NS = head_split(NNT * NT * b * G, R)
     part = torch.float32 if NS > 1 else B.dtype
     dB = B.new_empty(NS, b, T, G, N, dtype=part)

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import autotune_configs, interpreting
+from kernels.triton_utils import autotune_configs, cdiv, interpreting, next_power_of_2
 
 
 @triton.autotune(
@@ -209,7 +209,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
 def pow2(n: int) -> int:
     """The tile size covering n: a power of two, at least 16 (tl.dot's minimum)."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 def small_grid(n_sequences: int) -> int:
@@ -223,11 +223,11 @@ def fwd_states(x, dt, A, B, initial_state, BT: int, store_h: bool = True, store_
     final state fp32 or None, chunk-local cumsum [B, H, T] fp32)."""
     b, T, H, P = x.shape
     G, N = B.shape[-2:]
-    NT = triton.cdiv(T, BT)
+    NT = cdiv(T, BT)
     h = x.new_empty(b, NT, H, P, N) if store_h else None
     ht = x.new_empty(b, H, P, N, dtype=torch.float32) if store_final else None
     cs = x.new_empty(b, H, T, dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(P, meta["BP"]), triton.cdiv(N, meta["BN"]), b * H)
+    grid = lambda meta: (cdiv(P, meta["BP"]), cdiv(N, meta["BN"]), b * H)
     ssd_fwd_h_kernel[grid](x, dt, A, B, h, initial_state, ht, cs, T, NT, small_grid(b * H), H=H, G=G, P=P, N=N, BT=BT,
                            HAS_H0=initial_state is not None, STORE_HT=store_final, STORE_H=store_h,
                            PREC=dot_precision(x.dtype))
@@ -238,9 +238,9 @@ def fwd_output(x, dt, B, C, D, h, cs, BT: int):
     """Launch ssd_fwd_o_kernel: y [B, T, H, P] in x.dtype."""
     b, T, H, P = x.shape
     G, N = B.shape[-2:]
-    NT = triton.cdiv(T, BT)
+    NT = cdiv(T, BT)
     y = torch.empty_like(x)
-    grid = lambda meta: (triton.cdiv(BT, min(meta["BLM"], BT)), NT, b * H)
+    grid = lambda meta: (cdiv(BT, min(meta["BLM"], BT)), NT, b * H)
     ssd_fwd_o_kernel[grid](x, dt, B, C, D, h, cs, y, T, NT, H=H, G=G, P=P, N=N, BT=BT, BP=pow2(P), BN=pow2(N),
                            HAS_D=D is not None, PREC=dot_precision(x.dtype))
     return y
@@ -252,8 +252,8 @@ def fwd_fused(x, dt, A, B, C, D, initial_state, BT: int, store_final: bool = Tru
     G, N = B.shape[-2:]
     y = torch.empty_like(x)
     ht = x.new_empty(b, H, P, N, dtype=torch.float32) if store_final else None
-    grid = lambda meta: (triton.cdiv(P, meta["BP"]), b * H)
-    ssd_fwd_fused_kernel[grid](x, dt, A, B, C, D, y, initial_state, ht, T, triton.cdiv(T, BT), H=H, G=G, P=P, N=N,
+    grid = lambda meta: (cdiv(P, meta["BP"]), b * H)
+    ssd_fwd_fused_kernel[grid](x, dt, A, B, C, D, y, initial_state, ht, T, cdiv(T, BT), H=H, G=G, P=P, N=N,
                                BT=BT, BN=pow2(N), HAS_D=D is not None, HAS_H0=initial_state is not None,
                                STORE_HT=store_final, PREC=dot_precision(x.dtype))
     return y, ht

@@ -16,6 +16,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.ssd.chunk import check_inputs
+from kernels.triton_utils import cdiv, next_power_of_2
 
 
 @triton.jit
@@ -56,13 +57,13 @@ def _launch(x, dt, A, B, C, D, state, out_state):
     """x [B, T, H, P] contiguous; returns y. Block of P chosen so that the grid fills the GPU."""
     b, T, H, P = x.shape
     G, N = B.shape[-2:]
-    BN = max(16, triton.next_power_of_2(N))
-    BP = max(16, min(triton.next_power_of_2(P), 64))
-    while BP > 16 and b * H * triton.cdiv(P, BP) < 264:  # ~2 programs per H100 SM
+    BN = max(16, next_power_of_2(N))
+    BP = max(16, min(next_power_of_2(P), 64))
+    while BP > 16 and b * H * cdiv(P, BP) < 264:  # ~2 programs per H100 SM
         BP //= 2
     BP = min(BP, max(16, 2048 // BN))  # [16, 128] fp32 tile: 96 registers; [32, 128]: 245; [64, 128] spills
     y = torch.empty_like(x)
-    grid = (triton.cdiv(P, BP), b * H)
+    grid = (cdiv(P, BP), b * H)
     ssd_fused_recurrent_kernel[grid](x, dt, A, B, C, D, state, out_state, y, T, H=H, G=G, P=P, N=N,
                                      BP=BP, BN=BN, HAS_D=D is not None, HAS_H0=state is not None,
                                      STORE_HT=out_state is not None, num_warps=4)
