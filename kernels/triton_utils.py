@@ -30,6 +30,17 @@ def next_power_of_2(n: int) -> int:
     return 1 << (n - 1).bit_length() if n > 0 else 0
 
 
+def launch_ready(*expected: tuple[torch.Tensor | None, tuple[int, ...]]) -> bool:
+    """True when every ``(tensor, shape)`` pair holds a tensor (None: an absent optional input) of
+    exactly that shape, contiguous, on the first tensor's device, which the kernels run on (CUDA; the
+    CPU under the interpreter). That is the decode loop's case: a step may then skip its full
+    checks, whose one-error-per-bad-input messages serve every other case."""
+    dev = expected[0][0].device
+    if dev.type != ("cpu" if interpreting() else "cuda"):
+        return False
+    return all(t is None or (t.shape == s and t.is_contiguous() and t.device == dev) for t, s in expected)
+
+
 def autotune_configs(configs: list) -> list:
     """The configs to autotune over: all of them on a GPU, the first alone under the interpreter
     (timing configs needs a GPU, and each interpreted run costs seconds)."""

@@ -52,7 +52,7 @@ from kernels.gated_delta_rule.chunk_wy import (
 )
 from kernels.triton_utils import cdiv, check_device, check_head_shapes, sequential_walk_fills
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # each input may be any of them
 MAX_KEY_DIM = 256  # the [K, BV] state tile lives in registers; V is tiled (any size)
 
 
@@ -77,7 +77,7 @@ def check_inputs(op: str, q, k, v, g, beta, initial_state=None) -> None:
     check_device(op, q, k, v, g, beta, initial_state)
     check_head_shapes(op, q, k, v, g=g, beta=beta)
     for name, t in (("q", q), ("k", k), ("v", v), ("g", g), ("beta", beta), ("initial_state", initial_state)):
-        if t is not None and t.dtype not in _FLOATS:
+        if t is not None and t.dtype not in INPUT_DTYPES:
             raise TypeError(f"{op}: {name} is {t.dtype}; the Triton kernels take fp16, bf16 or fp32 "
                             f"(use naive_chunk_gated_delta_rule for fp64)")
     B, _, H, K = q.shape

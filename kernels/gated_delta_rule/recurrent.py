@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.gated_delta_rule.chunk import check_inputs
-from kernels.triton_utils import cdiv, check_device, next_power_of_2
+from kernels.gated_delta_rule.chunk import INPUT_DTYPES, MAX_KEY_DIM, check_inputs
+from kernels.triton_utils import cdiv, check_device, launch_ready, next_power_of_2
 
 
 @triton.jit
@@ -51,10 +51,11 @@ def gated_delta_rule_fwd_recurrent_kernel(q, k, v, g, beta, o, h0, ht, scale, T,
         tl.store(ht + p_h, b_h.to(ht.dtype.element_ty), mask=m_h)
 
 
-def _launch(q, k, v, g, beta, scale, h0, ht):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    o = torch.empty(B, T, H, V, device=v.device, dtype=v.dtype)
+def _launch(q, k, v, g, beta, scale, h0, ht, T):
+    """``T`` tokens of ``q, k [B, T, H, K]``, ``v [B, T, H, V]`` (or ``[B, H, .]`` at T = 1: the same
+    memory), contiguous; returns ``o`` shaped like ``v``."""
+    B, (H, K), V = q.shape[0], q.shape[-2:], v.shape[-1]
+    o = torch.empty_like(v)
     BK = max(16, next_power_of_2(K))
     # enough programs to fill the GPU at decode (B*H small) without spilling the [BK, BV] tile
     BV = min(max(16, next_power_of_2(V)), 64 if BK <= 128 else 32)
@@ -85,7 +86,7 @@ def fused_recurrent_gated_delta_rule(q: Tensor, k: Tensor, v: Tensor, g: Tensor,
         if ht is not None:
             ht.copy_(h0 if h0 is not None else torch.zeros_like(ht))
         return v.new_zeros(B, 0, H, v.shape[-1]), ht
-    o = _launch(q, k, v, g, beta, scale, h0, ht)
+    o = _launch(q, k, v, g, beta, scale, h0, ht, T)
     return o, ht
 
 
@@ -93,7 +94,34 @@ def fused_gated_delta_rule_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta
                                 scale: float | None = None, out_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One token: ``q, k: [B, H, K]``, ``v: [B, H, V]``, ``g, beta: [B, H]``, ``state: [B, H, K, V]``
     -> ``(o [B, H, V] in v's dtype, new state)``. The state is read once and written once, into
-    ``out_state`` when given (``state`` itself is fine: in place), else into a fresh fp32 tensor."""
+    ``out_state`` when given (``state`` itself is fine: in place), else into a fresh fp32 tensor.
+    Inputs the decode loop passes (``_launchable``) go straight to the launch: at small batch a
+    step is bound by host time."""
+    if not _launchable(q, k, v, g, beta, state, out_state):
+        q, k, v, g, beta, state = _checked(q, k, v, g, beta, state, out_state)
+    B, H, K = q.shape
+    if out_state is None:
+        out_state = torch.empty(B, H, K, v.shape[-1], device=state.device, dtype=torch.float32)
+    scale = K ** -0.5 if scale is None else float(scale)
+    return _launch(q, k, v, g, beta, scale, state, out_state, 1), out_state
+
+
+def _launchable(q, k, v, g, beta, state, out_state) -> bool:
+    """True for what the decode loop passes: contiguous inputs of the step's shapes and the kernels'
+    dtypes on one device, an fp32 state, ``out_state`` None or the state itself. Anything else takes
+    ``_checked``, whose errors name the fix."""
+    if q.dim() != 3 or v.dim() != 3 or (out_state is not None and out_state is not state):
+        return False
+    (B, H, K), V = q.shape, v.shape[-1]
+    return K <= MAX_KEY_DIM and state.dtype == torch.float32 \
+        and all(t.dtype in INPUT_DTYPES for t in (q, k, v, g, beta)) \
+        and launch_ready((q, (B, H, K)), (k, (B, H, K)), (v, (B, H, V)), (g, (B, H)), (beta, (B, H)),
+                         (state, (B, H, K, V)))
+
+
+def _checked(q, k, v, g, beta, state, out_state):
+    """The inputs ``_launchable`` turned away: one clear error for a bad one, contiguous copies of
+    the rest."""
     op = "fused_gated_delta_rule_step"
     check_device(op, q, k, v, g, beta, state, out_state)
     if q.dim() != 3 or k.shape != q.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
@@ -103,14 +131,7 @@ def fused_gated_delta_rule_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor, beta
     V = v.shape[-1]
     if state.shape != (B, H, K, V):
         raise ValueError(f"{op}: state must be [B, H, K, V] = {(B, H, K, V)}; got {tuple(state.shape)}")
-    if out_state is None:
-        out_state = torch.empty(B, H, K, V, device=state.device, dtype=torch.float32)
-    elif out_state.shape != state.shape or not out_state.is_contiguous():
+    if out_state is not None and (out_state.shape != state.shape or not out_state.is_contiguous()):
         raise ValueError(f"{op}: out_state must be a contiguous [B, H, K, V] tensor like state")
-    if not state.is_contiguous():
-        state = state.contiguous()
     check_inputs(op, q[:, None], k[:, None], v[:, None], g[:, None], beta[:, None], state)
-    scale = K ** -0.5 if scale is None else float(scale)
-    q, k, v, g, beta = (t.contiguous()[:, None] for t in (q, k, v, g, beta))
-    o = _launch(q, k, v, g, beta, scale, state, out_state)
-    return o[:, 0], out_state
+    return tuple(t.contiguous() for t in (q, k, v, g, beta, state))

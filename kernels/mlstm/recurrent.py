@@ -14,7 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from kernels.mlstm.chunk_fwd import _logsigmoid
-from kernels.triton_utils import autotune_configs, cdiv, check_device, next_power_of_2
+from kernels.triton_utils import autotune_configs, cdiv, check_device, launch_ready, next_power_of_2
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]
 
@@ -147,7 +147,45 @@ def fused_mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, stat
     """``mlstm_step`` in one kernel: ``q, k [B, H, K]``, ``v [B, H, V]``, ``i, f [B, H]``,
     ``state = (C [B, H, K, V], n [B, H, K], m [B, H])`` fp32 contiguous. The new state goes to
     ``out_state`` (new tensors if None; ``out_state = state`` updates in place). Returns
-    ``(h [B, H, V] in v's dtype, new state)``."""
+    ``(h [B, H, V] in v's dtype, new state)``. Inputs the decode loop passes (``_launchable``) go
+    straight to the launch: at small batch a step is bound by host time."""
+    if not _launchable(q, k, v, i, f, state, out_state):
+        q, k, v, i, f = _checked(q, k, v, i, f, state)
+    B, H, K = q.shape
+    V = v.shape[-1]
+    C, n, m = state
+    scale = K ** -0.5 if scale is None else scale
+    if out_state is None:
+        out_state = (torch.empty_like(C), torch.empty_like(n), torch.empty_like(m))
+    BK, BV = _bk_bv(K, V, 32)
+    # in place: one program per head (n is read whole by all); else split V across programs
+    aliased = any(a.data_ptr() == b.data_ptr() for a, b in zip(out_state, state))
+    nsplit = 1 if aliased else cdiv(V, BV)
+    h = torch.empty_like(v)
+    mlstm_step_kernel[(nsplit, B * H)](q, k, v, i, f, C, n, m, h, *out_state, scale, eps, nsplit,
+                                       K=K, V=V, BK=BK, BV=BV)
+    return h, out_state
+
+
+def _launchable(q, k, v, i, f, state, out_state) -> bool:
+    """True for what the decode loop passes: contiguous inputs of the step's shapes on one device
+    that need no gradient, an fp32 state, ``out_state`` None or the state's own tensors. Anything
+    else takes ``_checked``, whose errors name the fix."""
+    if q.dim() != 3 or v.dim() != 3 or len(state) != 3:
+        return False
+    if out_state is not None and (len(out_state) != 3 or any(a is not b for a, b in zip(out_state, state))):
+        return False
+    (B, H, K), V = q.shape, v.shape[-1]
+    C, n, m = state
+    return all(s.dtype == torch.float32 for s in state) \
+        and not any(t.requires_grad for t in (q, k, v, i, f, C, n, m)) \
+        and launch_ready((q, (B, H, K)), (k, (B, H, K)), (v, (B, H, V)), (i, (B, H)), (f, (B, H)),
+                         (C, (B, H, K, V)), (n, (B, H, K)), (m, (B, H)))
+
+
+def _checked(q, k, v, i, f, state):
+    """The inputs ``_launchable`` turned away: one clear error for a bad one, contiguous copies of
+    q, k, v, i, f."""
     B, H, K = q.shape
     V = v.shape[-1]
     C, n, m = state
@@ -162,15 +200,4 @@ def fused_mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, stat
                          f"{tuple(q.shape)}, {tuple(v.shape)}, {tuple(i.shape)}, {tuple(f.shape)}")
     _check_no_grad("fused_mlstm_step", q, k, v, i, f, *state)
     check_device("fused_mlstm_step", q, k, v, i, f, *state)
-    scale = K ** -0.5 if scale is None else scale
-    q, k, v, i, f = (t.contiguous() for t in (q, k, v, i, f))
-    if out_state is None:
-        out_state = (torch.empty_like(C), torch.empty_like(n), torch.empty_like(m))
-    BK, BV = _bk_bv(K, V, 32)
-    # in place: one program per head (n is read whole by all); else split V across programs
-    aliased = any(a.data_ptr() == b.data_ptr() for a, b in zip(out_state, state))
-    nsplit = 1 if aliased else cdiv(V, BV)
-    h = torch.empty_like(v)
-    mlstm_step_kernel[(nsplit, B * H)](q, k, v, i, f, C, n, m, h, *out_state, scale, eps, nsplit,
-                                       K=K, V=V, BK=BK, BV=BV)
-    return h, out_state
+    return tuple(t.contiguous() for t in (q, k, v, i, f))

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from kernels.selective_scan.scan_fwd import LOG2E, check_inputs, softplus
-from kernels.triton_utils import cdiv, check_device, interpreting, next_power_of_2
+from kernels.triton_utils import cdiv, check_device, launch_ready, next_power_of_2
 
 # A decode step at small batch is bound by host time (B = 1, D 2048, N 16 on an H100: 66.9 us a step
 # against a state of 0.26 MB), so the wrapper does little per call: the launch config comes from the
@@ -24,7 +24,6 @@ from kernels.triton_utils import cdiv, check_device, interpreting, next_power_of
 # channel block) programs fill an H100's 132 SMs about twice.
 _STEP_BLOCKS = ((128, 4), (64, 4), (32, 2), (16, 1))
 _STEP_PROGRAMS = 256
-_DEVICE = "cpu" if interpreting() else "cuda"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -40,14 +39,13 @@ def _launchable(u_t, delta_t, A, B_t, C_t, state, D, z_t, delta_bias, out_state)
     """True when every input already is what the kernel takes (the decode loop's case): contiguous,
     on u_t's device, of the shapes and dtypes ``check_inputs`` demands, ``out_state`` None or
     ``state``. Anything else takes the checked path, whose errors name the fix."""
-    if u_t.dim() != 2 or A.dim() != 2 or u_t.dtype not in _DTYPES or u_t.device.type != _DEVICE:
+    if u_t.dim() != 2 or A.dim() != 2 or u_t.dtype not in _DTYPES:
         return False
-    (b, d), n, dev = u_t.shape, A.shape[1], u_t.device
+    (b, d), n = u_t.shape, A.shape[1]
     if out_state is not None and out_state is not state:
         return False
-    expected = ((u_t, (b, d)), (delta_t, (b, d)), (z_t, (b, d)), (B_t, (b, n)), (C_t, (b, n)), (A, (d, n)),
-                (state, (b, d, n)), (D, (d,)), (delta_bias, (d,)))
-    return all(t is None or (t.shape == s and t.is_contiguous() and t.device == dev) for t, s in expected) \
+    return launch_ready((u_t, (b, d)), (delta_t, (b, d)), (z_t, (b, d)), (B_t, (b, n)), (C_t, (b, n)),
+                        (A, (d, n)), (state, (b, d, n)), (D, (d,)), (delta_bias, (d,))) \
         and delta_t.dtype == B_t.dtype == C_t.dtype == u_t.dtype and (z_t is None or z_t.dtype == u_t.dtype)
 
 

@@ -33,6 +33,7 @@ FUSED_MAX_CHUNK = 64
 # same shape: 256 programs (T <= 8k) fused 0.60-0.62 ms against 0.77-0.83 for the two kernels;
 # 128 programs (T 16k, B 2) 1.07 against 0.87; 64 (T 32k, B 1) 2.09 against 1.12.
 FUSED_PROGRAMS_PER_SM = 1.5
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # x, B and C share one of them
 
 
 def check_inputs(op: str, x, dt, A, B, C, D, state) -> None:
@@ -52,7 +53,7 @@ def check_inputs(op: str, x, dt, A, B, C, D, state) -> None:
         raise ValueError(f"{op}: the state must be [B,H,P,N] = {[b, H, P, N]}, got {list(state.shape)}")
     if P > 256 or N > 256:
         raise ValueError(f"{op}: headdim P={P} and d_state N={N} must be <= 256 (whole tiles in registers)")
-    if not (x.dtype == B.dtype == C.dtype) or x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+    if not (x.dtype == B.dtype == C.dtype) or x.dtype not in INPUT_DTYPES:
         raise TypeError(f"{op}: x, B, C must share one dtype among fp16/bf16/fp32; got x {x.dtype}, "
                         f"B {B.dtype}, C {C.dtype} (cast them to x.dtype)")
     for name, t in (("dt", dt), ("A", A), ("D", D)):

@@ -15,8 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels.ssd.chunk import check_inputs
-from kernels.triton_utils import cdiv, next_power_of_2
+from kernels.ssd.chunk import INPUT_DTYPES, check_inputs
+from kernels.triton_utils import cdiv, launch_ready, next_power_of_2
 
 
 @triton.jit
@@ -53,10 +53,11 @@ def ssd_fused_recurrent_kernel(x, dt, A, Bm, Cm, D, h0, ht, y, T,
         tl.store(ht + st_off, b_h, mask=m_h)
 
 
-def _launch(x, dt, A, B, C, D, state, out_state):
-    """x [B, T, H, P] contiguous; returns y. Block of P chosen so that the grid fills the GPU."""
-    b, T, H, P = x.shape
-    G, N = B.shape[-2:]
+def _launch(x, dt, A, B, C, D, state, out_state, T):
+    """``T`` tokens of ``x [B, T, H, P]``, ``B, C [B, T, G, N]`` (or ``[B, H, P]``, ``[B, G, N]`` at
+    T = 1: the same memory), contiguous; returns y shaped like x. Block of P chosen so that the
+    grid fills the GPU."""
+    b, (H, P), (G, N) = x.shape[0], x.shape[-2:], B.shape[-2:]
     BN = max(16, next_power_of_2(N))
     BP = max(16, min(next_power_of_2(P), 64))
     while BP > 16 and b * H * cdiv(P, BP) < 264:  # ~2 programs per H100 SM
@@ -79,32 +80,52 @@ def fused_recurrent_ssd(x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, 
         raise RuntimeError("fused_recurrent_ssd is forward only (no backward); use kernels.ssd.chunk.chunk_ssd "
                            "for training, or call it under torch.no_grad() / on detached tensors")
     check_inputs("fused_recurrent_ssd", x, dt, A, B, C, D, initial_state)
-    b, _T, H, P = x.shape
+    b, T, H, P = x.shape
     x, dt, A, B, C = (t.contiguous() for t in (x, dt, A, B, C))
     D = D.contiguous() if D is not None else None
     h0 = initial_state.contiguous() if initial_state is not None else None
     ht = x.new_empty(b, H, P, B.shape[-1], dtype=torch.float32) if output_final_state else None
-    y = _launch(x, dt, A, B, C, D, h0, ht)
-    return y, ht
+    return _launch(x, dt, A, B, C, D, h0, ht, T), ht
 
 
 def fused_ssd_step(x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor, state: Tensor,
                    D: Tensor | None = None, out_state: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One decode token: ``x_t [B, H, P]``, ``dt_t [B, H]``, ``B_t, C_t [B, G, N]``, ``state
     [B, H, P, N]`` fp32 -> ``(y_t [B, H, P], new state)``. The state is read once and written once,
-    into ``out_state`` when given (``state`` itself for an in-place update), else a new tensor."""
-    if x_t.dim() != 3 or B_t.dim() != 3:
-        raise ValueError(f"fused_ssd_step: expected x_t [B,H,P], B_t/C_t [B,G,N]; got x_t {tuple(x_t.shape)}, "
-                         f"B_t {tuple(B_t.shape)}")
-    x, dt, B, C = x_t.unsqueeze(1), dt_t.unsqueeze(1), B_t.unsqueeze(1), C_t.unsqueeze(1)
-    check_inputs("fused_ssd_step", x, dt, A, B, C, D, state)
+    into ``out_state`` when given (``state`` itself for an in-place update), else a new tensor.
+    Inputs the decode loop passes (``_launchable``) go straight to the launch: at small batch a
+    step is bound by host time."""
+    if not _launchable(x_t, dt_t, A, B_t, C_t, state, D, out_state):
+        x_t, dt_t, A, B_t, C_t, D = _checked(x_t, dt_t, A, B_t, C_t, state, D, out_state)
     if out_state is None:
         out_state = torch.empty_like(state)
-    elif out_state.shape != state.shape or out_state.dtype != torch.float32 or not out_state.is_contiguous():
+    return _launch(x_t, dt_t, A, B_t, C_t, D, state, out_state, 1), out_state
+
+
+def _launchable(x_t, dt_t, A, B_t, C_t, state, D, out_state) -> bool:
+    """True for what the decode loop passes: contiguous inputs of the step's shapes on one device,
+    x, B, C of one kernel dtype, an fp32 state, ``out_state`` None or the state itself. Anything
+    else takes ``_checked``, whose errors name the fix."""
+    if x_t.dim() != 3 or B_t.dim() != 3 or (out_state is not None and out_state is not state):
+        return False
+    (b, H, P), (G, N) = x_t.shape, B_t.shape[1:]
+    return H % G == 0 and P <= 256 and N <= 256 and x_t.dtype in INPUT_DTYPES \
+        and B_t.dtype == C_t.dtype == x_t.dtype and state.dtype == torch.float32 \
+        and all(t is None or t.is_floating_point() for t in (dt_t, A, D)) \
+        and launch_ready((x_t, (b, H, P)), (dt_t, (b, H)), (A, (H,)), (B_t, (b, G, N)), (C_t, (b, G, N)),
+                         (D, (H,)), (state, (b, H, P, N)))
+
+
+def _checked(x_t, dt_t, A, B_t, C_t, state, D, out_state):
+    """The inputs ``_launchable`` turned away: one clear error for a bad one, contiguous copies of
+    the rest."""
+    if x_t.dim() != 3 or B_t.dim() != 3:
+        raise ValueError(f"fused_ssd_step: expected x_t [B,H,P], B_t/C_t [B,G,N]; got x_t "
+                         f"{tuple(x_t.shape)}, B_t {tuple(B_t.shape)}")
+    check_inputs("fused_ssd_step", x_t[:, None], dt_t[:, None], A, B_t[:, None], C_t[:, None], D, state)
+    if out_state is not None and (out_state.shape != state.shape or out_state.dtype != torch.float32
+                                  or not out_state.is_contiguous()):
         raise ValueError("fused_ssd_step: out_state must be a contiguous fp32 tensor shaped like the state")
     if not state.is_contiguous():
         raise ValueError("fused_ssd_step: the state must be contiguous (pass state.contiguous())")
-    x, dt, B, C = (t.contiguous() for t in (x, dt, B, C))
-    D = D.contiguous() if D is not None else None
-    y = _launch(x, dt, A.contiguous(), B, C, D, state, out_state)
-    return y.squeeze(1), out_state
+    return tuple(t.contiguous() if t is not None else None for t in (x_t, dt_t, A, B_t, C_t, D))

@@ -108,28 +108,6 @@ def test_step_matches_reference(in_place, poison_empty):
     assert_rel_close(h.cpu(), h_ref.float(), 1e-6, "state")
 
 
-def test_step_launches_ready_inputs_without_the_checked_path(monkeypatch):
-    """The decode loop's inputs (contiguous, one device, right shapes) skip the per-call checks
-    (host time bounds a small-batch step); strided ones take the checked path, same results."""
-    import kernels.selective_scan.recurrent as rec
-    t = {k: v.detach().to(DEV) for k, v in make_inputs(2, 3, 24, 5, "mixed", dtype=torch.float32).items()}
-    args = [t["u"][:, 1], t["delta"][:, 1], t["A"], t["B"][:, 1], t["C"][:, 1]]     # strided views
-    kw = {"D": t["D"], "z_t": t["z"][:, 1], "delta_bias": t["delta_bias"], "delta_softplus": True}
-    y_slow, h_slow = fused_selective_scan_step(*args, t["h0"], **kw)
-    ready = [a.contiguous() for a in args]
-    kw["z_t"] = kw["z_t"].contiguous()
-
-    def refuse(*a):
-        raise AssertionError("the checked path ran for ready inputs")
-    monkeypatch.setattr(rec, "_checked", refuse)
-    state = t["h0"].clone()
-    y, h = fused_selective_scan_step(*ready, state, out_state=state, **kw)
-    assert h is state
-    assert torch.equal(y, y_slow) and torch.equal(h, h_slow)
-    with pytest.raises(AssertionError, match="checked path"):
-        fused_selective_scan_step(*args, t["h0"], **kw)
-
-
 def test_steps_continue_the_scan():
     """The scan's final state, stepped on, gives what the scan over the longer sequence gives."""
     t = {k: v.detach().to(DEV) for k, v in make_inputs(1, 20, 16, 16, "mixed", dtype=torch.float32).items()}
