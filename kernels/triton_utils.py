@@ -79,8 +79,12 @@ def sequential_walk_fills(n_programs: int, device: torch.device, programs_per_sm
     op measures). Always True under the interpreter, which has no SMs to fill."""
     if device.type != "cuda":
         return True
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return n_programs >= programs_per_sm * _sm_count(index)
+    return n_programs >= programs_per_sm * sm_count(device)
+
+
+def sm_count(device: torch.device) -> int:
+    """The CUDA device's SM count (cached: the device query costs microseconds a call)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @functools.cache

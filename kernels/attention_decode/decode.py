@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import cdiv, check_device, interpreting, next_power_of_2
+from kernels.triton_utils import cdiv, check_device, interpreting, next_power_of_2, sm_count
 
 _LOG2E = 1.4426950408889634
 
@@ -95,7 +95,7 @@ def attention_decode_combine_kernel(m_part, l_part, o_part, o, s_ob, s_oh, NSP,
 
 def _plan_splits(B: int, Hkv: int, S: int, BS: int, device) -> int:
     """Rows per split (a multiple of BS): enough programs to fill the GPU (~2 per SM)."""
-    n_sm = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    n_sm = sm_count(device) if device.type == "cuda" else 4
     n_blocks = cdiv(max(S, 1), BS)
     splits = max(1, min(n_blocks, cdiv(2 * n_sm, B * Hkv)))
     return cdiv(n_blocks, splits) * BS
