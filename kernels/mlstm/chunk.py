@@ -180,10 +180,12 @@ def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save=False, fused=False, 
             SAVE_H32=save_h32, **fl)
     elif parallel:
         stats = torch.empty(BH, NT, 2, **f32)     # per chunk (g_c, a*_c) for the pass
+        # the chunks' own writes in fp32 (chunk_fwd.py says why): in Cs itself where it is fp32
+        Ws = Cs if Cs.dtype == torch.float32 else torch.empty(Cs.shape, **f32)
         mlstm_fwd_local_kernel[(cdiv(K, BK) * cdiv(V, BV), NT, BH)](
-            k, v, i, f, Cs, ns, stats, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
+            k, v, i, f, Ws, ns, stats, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
         mlstm_fwd_pass_kernel[(cdiv(K * V, PASS_BLOCK) + 1, BH)](
-            *init, Cs, ns, ms, stats, CT, NT, K=K, V=V, BLK=PASS_BLOCK, BKN=_fused_key_block(K),
+            *init, Ws, Cs, ns, ms, stats, CT, NT, K=K, V=V, BLK=PASS_BLOCK, BKN=_fused_key_block(K),
             HAS_INIT=has_init, num_warps=2)
     else:
         mlstm_fwd_states_kernel[(cdiv(K, BK), cdiv(V, BV), BH)](

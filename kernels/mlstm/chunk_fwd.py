@@ -216,17 +216,20 @@ def mlstm_fwd_states_kernel(k, v, i, f, C0, n0, m0, Cs, ns, ms, CT, T, NT,
 # xLSTM's 4 heads on a 132-SM GPU, each walking every chunk with a dot per chunk). Two launches:
 # every chunk's own write in parallel (a dot each, no chain), then a walk whose step is one
 # load, a scale-and-add and a store per state element, parallel over the state's elements.
-# It writes and reads Cs once more than the walk (2 (2 K V / L) bytes per token and head at bf16).
+# The writes stay fp32 (Ws: Cs itself for fp16 / fp32 inputs, else a scratch): rounded to bf16 they
+# took the T = 65536 final state from the walk's 2.5e-4 to 1.7e-3 relative error (a CPU emulation
+# with bf16 rounding in torch; in fp32 1.4e-4 - 2.5e-4). So the pass moves 2 (4 K V / L) bytes per
+# token and head more than the walk.
 
 @triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"], cache_results=True)
 @triton.jit
-def mlstm_fwd_local_kernel(k, v, i, f, Cs, ns, stats, T, NT, H: tl.constexpr, K: tl.constexpr,
+def mlstm_fwd_local_kernel(k, v, i, f, Ws, ns, stats, T, NT, H: tl.constexpr, K: tl.constexpr,
                            V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                            LOW: tl.constexpr, PREC: tl.constexpr):
     """Grid ``[K/BK * V/BV, N, B*H]``: chunk c's own write, stabilised by its own max
-    ``a*_c = max_s a_s``: ``C^w_c = (k exp(a - a*_c))^T v`` into slot c + 1 of ``Cs`` (in its
-    dtype), ``n^w_c`` into slot c + 1 of ``ns``; ``stats[b*h, c] = (g_c, a*_c)``. Slot 0 is left to
-    ``mlstm_fwd_pass_kernel``, which overwrites slot c + 1 with the state entering chunk c + 1."""
+    ``a*_c = max_s a_s``: ``C^w_c = (k exp(a - a*_c))^T v`` into slot c + 1 of ``Ws`` (fp32, laid out
+    as Cs), ``n^w_c`` into slot c + 1 of ``ns``; ``stats[b*h, c] = (g_c, a*_c)``. Slot 0 is left to
+    ``mlstm_fwd_pass_kernel``, which writes the state entering chunk c + 1 to slot c + 1 of Cs, ns."""
     i_kv, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_k, i_v = i_kv // tl.cdiv(V, BV), i_kv % tl.cdiv(V, BV)
     i_b, i_h = i_bh // H, i_bh % H
@@ -240,7 +243,7 @@ def mlstm_fwd_local_kernel(k, v, i, f, Cs, ns, stats, T, NT, H: tl.constexpr, K:
     b_C, b_n, a_max = _state_update(tl.zeros([BK, BV], dtype=tl.float32), tl.zeros([BK], dtype=tl.float32),
                                     -1e30, b_k, b_v, b_b, b_i, b_g, LOW, PREC)
     s_idx = i_bh.to(tl.int64) * (NT + 1) + i_c + 1
-    tl.store(Cs + s_idx * K * V + o_k[:, None] * V + o_v[None, :], b_C.to(Cs.dtype.element_ty),
+    tl.store(Ws + s_idx * K * V + o_k[:, None] * V + o_v[None, :], b_C,
              mask=(o_k[:, None] < K) & (o_v[None, :] < V))
     if i_v == 0:
         tl.store(ns + s_idx * K + o_k, b_n, mask=o_k < K)
@@ -251,12 +254,13 @@ def mlstm_fwd_local_kernel(k, v, i, f, Cs, ns, stats, T, NT, H: tl.constexpr, K:
 
 
 @triton.jit
-def _pass_chunks(S, ms, stats, b_x, m_c, o_x, m_x, s_base, st_base, NT, N_EL: tl.constexpr,
+def _pass_chunks(W, S, ms, stats, b_x, m_c, o_x, m_x, s_base, st_base, NT, N_EL: tl.constexpr,
                  STORE_M: tl.constexpr):
     """Walk ``N_EL``-element states through the chunks: slot 0 of ``S`` gets ``b_x`` (fp32, the
-    initial state's elements ``o_x``), and slot c + 1, which holds chunk c's own write, gets
-    ``exp(g_c + m_c - m') x_c + exp(a*_c - m') w_c`` with ``m' = max(g_c + m_c, a*_c)`` (the
-    recurrence's stabiliser, as the sequential walk computes it). Returns the final fp32 state."""
+    initial state's elements ``o_x``), and slot c + 1 gets ``exp(g_c + m_c - m') x_c +
+    exp(a*_c - m') w_c``, ``w_c`` chunk c's own write from slot c + 1 of ``W`` (fp32; W may be S),
+    with ``m' = max(g_c + m_c, a*_c)`` (the recurrence's stabiliser, as the sequential walk computes
+    it). Returns the final fp32 state."""
     tl.store(S + s_base * N_EL + o_x, b_x.to(S.dtype.element_ty), mask=m_x)
     if STORE_M:
         tl.store(ms + s_base, m_c)
@@ -266,24 +270,24 @@ def _pass_chunks(S, ms, stats, b_x, m_c, o_x, m_x, s_base, st_base, NT, N_EL: tl
         b_g = tl.load(stats + (st_base + i_c) * 2)
         a_max = tl.load(stats + (st_base + i_c) * 2 + 1)
         m_n = tl.maximum(b_g + m_c, a_max)
-        p_x = S + (s_base + i_c + 1) * N_EL + o_x
-        b_w = tl.load(p_x, mask=m_x, other=0.0).to(tl.float32)
+        o_slot = (s_base + i_c + 1) * N_EL + o_x
+        b_w = tl.load(W + o_slot, mask=m_x, other=0.0)
         b_x = b_x * tl.exp(b_g + m_c - m_n) + b_w * tl.exp(a_max - m_n)
         m_c = m_n
-        tl.store(p_x, b_x.to(S.dtype.element_ty), mask=m_x)
+        tl.store(S + o_slot, b_x.to(S.dtype.element_ty), mask=m_x)
         if STORE_M:
             tl.store(ms + s_base + i_c + 1, m_c)
     return b_x
 
 
 @triton.jit
-def mlstm_fwd_pass_kernel(C0, n0, m0, Cs, ns, ms, stats, CT, NT, K: tl.constexpr, V: tl.constexpr,
+def mlstm_fwd_pass_kernel(C0, n0, m0, Ws, Cs, ns, ms, stats, CT, NT, K: tl.constexpr, V: tl.constexpr,
                           BLK: tl.constexpr, BKN: tl.constexpr, HAS_INIT: tl.constexpr):
     """Grid ``[cdiv(K V, BLK) + 1, B*H]``, after ``mlstm_fwd_local_kernel``: the states entering every
-    chunk, in place of the chunks' own writes, as ``mlstm_fwd_states_kernel`` stores them (``Cs, ns,
-    ms`` slots 0..N, ``CT`` the final C in fp32). Programs below the last walk BLK elements of C
-    each; the last walks n and m. Not autotuned: it updates Cs in place, so a second timing run
-    would read states where it wants the chunks' own writes."""
+    chunk from the chunks' own writes (``Ws``, ``ns``), as ``mlstm_fwd_states_kernel`` stores them
+    (``Cs, ns, ms`` slots 0..N, ``CT`` the final C in fp32). Programs below the last walk BLK
+    elements of C each; the last walks n and m. Not autotuned: it may update in place (ns always;
+    Cs where it is Ws), so a second timing run would read states where it wants the writes."""
     i_x, i_bh = tl.program_id(0), tl.program_id(1)
     s_base = i_bh.to(tl.int64) * (NT + 1)
     st_base = i_bh.to(tl.int64) * NT
@@ -294,7 +298,7 @@ def mlstm_fwd_pass_kernel(C0, n0, m0, Cs, ns, ms, stats, CT, NT, K: tl.constexpr
         b_C = tl.zeros([BLK], dtype=tl.float32)
         if HAS_INIT:
             b_C = tl.load(C0 + i_bh.to(tl.int64) * K * V + o_e, mask=m_e, other=0.0).to(tl.float32)
-        b_C = _pass_chunks(Cs, ms, stats, b_C, m_c, o_e, m_e, s_base, st_base, NT, K * V, False)
+        b_C = _pass_chunks(Ws, Cs, ms, stats, b_C, m_c, o_e, m_e, s_base, st_base, NT, K * V, False)
         tl.store(CT + i_bh.to(tl.int64) * K * V + o_e, b_C, mask=m_e)
     else:
         o_k = tl.arange(0, BKN)
@@ -302,7 +306,7 @@ def mlstm_fwd_pass_kernel(C0, n0, m0, Cs, ns, ms, stats, CT, NT, K: tl.constexpr
         b_n = tl.zeros([BKN], dtype=tl.float32)
         if HAS_INIT:
             b_n = tl.load(n0 + i_bh.to(tl.int64) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-        _pass_chunks(ns, ms, stats, b_n, m_c, o_k, m_k, s_base, st_base, NT, K, True)
+        _pass_chunks(ns, ns, ms, stats, b_n, m_c, o_k, m_k, s_base, st_base, NT, K, True)
 
 
 @triton.autotune(configs=_configs(), key=["K", "V", "BT", "BK", "BV"], cache_results=True)

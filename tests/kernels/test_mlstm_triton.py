@@ -249,6 +249,28 @@ def test_chunk_mlstm_chunks_without_writes(path, poison_empty):
     assert_rel_close(n.cpu() * s[..., None], n_ref, 1e-4, "n final")
 
 
+def test_chunk_mlstm_parallel_states_with_rounded_states(monkeypatch, poison_empty):
+    """Where Cs is stored rounded (bf16 inputs; the interpreter's bf16 is wrong, so fp16 stands in
+    here), the chunk-parallel pass keeps the chunks' own writes in an fp32 scratch and writes the
+    rounded Cs from it: h and the final state against the reference, as the walk."""
+    from kernels.mlstm import chunk as mc
+    monkeypatch.setattr(mc, "_state_dtype", lambda dtype: torch.float16)
+    B, T, H, K, V, L = 1, 70, 2, 16, 32, 16
+    x, state = _inputs(B, T, H, K, V, "near1", True)
+    x = {k: t.half().double() for k, t in x.items()}
+    state = tuple(t.float().double() for t in state)
+    h_ref, (C_ref, n_ref, m_ref) = naive_recurrent_mlstm(**x, initial_state=state)
+    for parallel in (False, True):
+        with torch.no_grad():
+            h, (C, n, m) = chunk_mlstm(**{k: t.to(DEV, torch.float16) for k, t in x.items()}, chunk_size=L,
+                                       initial_state=tuple(t.to(DEV, torch.float32) for t in state),
+                                       parallel_states=parallel)
+        s = torch.exp(m.cpu().double() - m_ref)
+        assert_rel_close(h.cpu(), h_ref, 5e-3, "h")
+        assert_rel_close(C.cpu() * s[..., None, None], C_ref, 1e-4, "C final")   # fp32 either way
+        assert_rel_close(n.cpu() * s[..., None], n_ref, 1e-4, "n final")
+
+
 def test_chunk_mlstm_parallel_states_default(monkeypatch):
     """The chunk-parallel state pass is off by default until measured (PARALLEL_STATES_BELOW_PER_SM
     None); once set (here 1.0 on a 132-SM H100) it runs where the sequential walk's (K tile, V tile,
