@@ -7,10 +7,14 @@ bytes of activations + ``4 K V / L`` of bf16 states, ``2 K V + 2 L (K + V) + 2 K
 a gradient is wanted it also writes h in fp32 (``4 V`` bytes) for the backward's ``dh . h``, a sum
 that cancels: taken on the bf16 / fp16 h its rounding could exceed it (dq off by 7e-2 in fp16).
 
-Forward, one of two paths (the same products and roundings; ``fused_forward`` picks; by default the
+Forward, one of these paths (the same products and roundings; ``fused_forward`` picks; by default the
 two passes until the walk's crossover is measured on a GPU, then the grid's size):
 - two passes: a state pass (sequential over chunks, parallel over K and V tiles) writes the state
-  entering every chunk, Cs; an output pass (parallel over chunks) reads it back with q, k, v.
+  entering every chunk, Cs; an output pass (parallel over chunks) reads it back with q, k, v. The
+  state pass may instead run chunk-parallel (``parallel_states``): every chunk's own write at once,
+  then an elementwise walk over the chunks spread over the state's elements, for grids whose
+  (K tile, V tile, batch, head) programs leave the GPU idle; it moves ``2 (4 K V / L)`` bytes per
+  token and head more (``PARALLEL_STATES_BELOW_PER_SM``: None, the walk, until measured).
 - fused (``mlstm_fwd_fused_kernel``): one program per (V tile, batch, head) walks the chunks with the
   whole-K state in registers, writing h as it goes. It saves the Cs write + read, ~``2 (2 K V / L)``
   bytes per token and head at bf16 (when a gradient is wanted it still writes Cs for the backward:

@@ -10,6 +10,9 @@ Two passes, as TFLA's "xl_chunk" (Beck et al. 2025) splits them:
    part from the entering state; also saves per token ``m``, the denominator ``d`` and the raw ``den``
    for the backward.
 
+Or pass 1 parallel over the chunks (``mlstm_fwd_local_kernel`` then ``mlstm_fwd_pass_kernel``: every
+chunk's own write at once, then an elementwise walk over the chunks), for grids too small for 1.
+
 Or both in one walk, ``mlstm_fwd_fused_kernel`` (grid ``[V / BV, B*H]``), where the (V tile, batch,
 head) programs fill the GPU: the full-K ``[K, BV]`` C, n and m stay in fp32 registers, and per chunk
 it computes h from the entering state exactly as pass 2 does (C enters the dot in bf16 for bf16
