@@ -147,16 +147,14 @@ def _mlstm(a) -> None:
     i, f = (torch.randn(1, T, 2, dtype=dt, requires_grad=True) for _ in range(2))
     state = (torch.zeros(1, 2, a.K, a.V, requires_grad=True), torch.zeros(1, 2, a.K, requires_grad=True),
              torch.zeros(1, 2, requires_grad=True))
-    # the two-pass forward as training runs it (both state passes), and the fused walk without SAVE
-    # (inference); the fused walk with SAVE runs below, with the backward
-    for parallel in (False, True):
-        chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=False,
-                    parallel_states=parallel)
+    # training with the two passes (both state passes: sequential walks, chunk-parallel) and with the
+    # fused walk where it fits (SAVE), and the fused walk without SAVE (inference)
+    for kw in (dict(parallel_states=False), dict(parallel_states=True), dict(fused_forward=fused)):
+        h, (C, n, m) = chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, **kw)
+        (h.float().sum() + C.sum() + n.sum() + m.sum()).backward()
     if fused:
         with torch.no_grad():
             chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=True)
-    h, (C, n, m) = chunk_mlstm(q, k, v, i, f, chunk_size=a.chunk, initial_state=state, fused_forward=fused)
-    (h.float().sum() + C.sum() + n.sum() + m.sum()).backward()
 
 
 # op: (runner, defaults: the mixers' chunk and head sizes at d_model 1024 or the kernel bench's)

@@ -7,7 +7,7 @@ measured; each public contender runs in its own child process with a time budget
 1. correctness against ``naive_chunk_mlstm`` in fp64 on the same (rounded) values, bf16 / fp16 /
    fp32 inputs, T = 1, 63, 130, 1000: h, the invariant final state and every gradient, for every
    forward path (``chunk.FORWARD_PATHS``: the two passes with the sequential or the chunk-parallel
-   state pass, and the fused walk; column ``fwd``);
+   state pass, whose backward's state pass is chunk-parallel too, and the fused walk; column ``fwd``);
 2. T = 65536 stability with gates at both extremes against the naive chunked form in fp32, every
    forward path;
 3. timing (bf16, B*T = 32768, chunk 64) of fwd and fwd+bwd at two head shapes:

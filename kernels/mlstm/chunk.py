@@ -14,7 +14,8 @@ two passes until the walk's crossover is measured on a GPU, then the grid's size
   state pass may instead run chunk-parallel (``parallel_states``): every chunk's own write at once,
   then an elementwise walk over the chunks spread over the state's elements, for grids whose
   (K tile, V tile, batch, head) programs leave the GPU idle; it moves ``2 (4 K V / L)`` bytes per
-  token and head more (``PARALLEL_STATES_BELOW_PER_SM``: None, the walk, until measured).
+  token and head more (``PARALLEL_STATES_BELOW_PER_SM``: None, the walk, until measured). With it
+  the backward's reverse state pass runs chunk-parallel the same way.
 - fused (``mlstm_fwd_fused_kernel``): one program per (V tile, batch, head) walks the chunks with the
   whole-K state in registers, writing h as it goes. It saves the Cs write + read, ~``2 (2 K V / L)``
   bytes per token and head at bf16 (when a gradient is wanted it still writes Cs for the backward:
@@ -34,7 +35,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kernels.mlstm.chunk_bwd import mlstm_bwd_dqk_kernel, mlstm_bwd_dv_kernel, mlstm_bwd_states_kernel
+from kernels.mlstm.chunk_bwd import (
+    mlstm_bwd_dqk_kernel,
+    mlstm_bwd_dv_kernel,
+    mlstm_bwd_local_kernel,
+    mlstm_bwd_pass_kernel,
+    mlstm_bwd_states_kernel,
+)
 from kernels.mlstm.chunk_fwd import (
     FUSED_MAX_STAGE_BYTES,
     fused_stage_bytes,
@@ -57,14 +64,15 @@ FUSED_MAX_KEY_DIM = 256
 # paths). None until then (it was built on 2026-12-08, when no GPU was lent): the two passes stay
 # the default and the walk runs when asked for (fused_forward=True).
 FUSED_PROGRAMS_PER_SM: float | None = None
-# The two-pass forward's state pass runs chunk-parallel (mlstm_fwd_local_kernel + mlstm_fwd_pass_kernel)
-# by default where the sequential walk's (K tile, V tile, batch, head) programs number fewer than
-# this many per SM. None until measured on a GPU (built on 2026-12-08, when no GPU was lent): the
-# walk stays the default and the chunk-parallel pass runs when asked for (parallel_states=True).
+# The state passes run chunk-parallel (forward: mlstm_fwd_local_kernel + mlstm_fwd_pass_kernel;
+# backward: mlstm_bwd_local_kernel + mlstm_bwd_pass_kernel) by default where the sequential walks'
+# (K tile, V tile, batch, head) programs number fewer than this many per SM. None until measured on
+# a GPU (built on 2026-12-08, when no GPU was lent): the walks stay the default and the chunk-parallel
+# passes run when asked for (parallel_states=True).
 PARALLEL_STATES_BELOW_PER_SM: float | None = None
-# chunk_mlstm's forward paths by name, as its arguments (benches and tests run each; the backward is
-# the same for all): two passes whose state pass is the sequential walk or chunk-parallel, and the
-# fused walk
+# chunk_mlstm's forward paths by name, as its arguments (benches and tests run each): two passes whose
+# state pass is the sequential walk or chunk-parallel (and then so is the backward's reverse state
+# pass), and the fused walk
 FORWARD_PATHS = {"two-pass": dict(fused_forward=False, parallel_states=False),
                  "parallel-states": dict(fused_forward=False, parallel_states=True),
                  "fused": dict(fused_forward=True, parallel_states=False)}
@@ -109,6 +117,14 @@ def parallel_states_by_default(B: int, H: int, K: int, V: int, device: torch.dev
         return False
     BK, BV = _blocks(K, V)
     return not sequential_walk_fills(B * H * cdiv(K, BK) * cdiv(V, BV), device, PARALLEL_STATES_BELOW_PER_SM)
+
+
+def _shares_buffer(states: Tensor) -> Tensor:
+    """Where the chunk-parallel passes put every chunk's own share before the walk adds them up:
+    fp32 (rounded to bf16 they took the final state at T = 65536 from 2.5e-4 to 1.7e-3 relative
+    error, chunk_fwd.py), so the states tensor itself where it is fp32, else a scratch like it."""
+    return states if states.dtype == torch.float32 else torch.empty(states.shape, device=states.device,
+                                                                     dtype=torch.float32)
 
 
 def _flags(dtype: torch.dtype) -> dict:
@@ -184,8 +200,7 @@ def _forward(q, k, v, i, f, C0, n0, m0, scale, eps, L, save=False, fused=False, 
             SAVE_H32=save_h32, **fl)
     elif parallel:
         stats = torch.empty(BH, NT, 2, **f32)     # per chunk (g_c, a*_c) for the pass
-        # the chunks' own writes in fp32 (chunk_fwd.py says why): in Cs itself where it is fp32
-        Ws = Cs if Cs.dtype == torch.float32 else torch.empty(Cs.shape, **f32)
+        Ws = _shares_buffer(Cs)
         mlstm_fwd_local_kernel[(cdiv(K, BK) * cdiv(V, BV), NT, BH)](
             k, v, i, f, Ws, ns, stats, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
         mlstm_fwd_pass_kernel[(cdiv(K * V, PASS_BLOCK) + 1, BH)](
@@ -211,20 +226,20 @@ class ChunkMLSTMFunction(torch.autograd.Function):
         nT, mT = (s.view(B, H, *s.shape[1:])[:, :, -1].clone() for s in (ns, ms))
         CT = CT.view(B, H, K, v.shape[-1])
         ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h32, Cs, ns, ms, CT, m_tok, d_tok, den_tok)
-        ctx.cfg = (scale, eps, chunk_size)
+        ctx.cfg = (scale, eps, chunk_size, parallel)
         return h, CT, nT, mT
 
     @staticmethod
     def backward(ctx, dh, dCT, dnT, dmT):
         q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok = ctx.saved_tensors
-        scale, eps, L = ctx.cfg
+        scale, eps, L, parallel = ctx.cfg
         grads = _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
-                          dh, dCT, dnT, dmT, scale, eps, L)
+                          dh, dCT, dnT, dmT, scale, eps, L, parallel)
         return (*grads, None, None, None, None, None, None)
 
 
 def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_tok,
-              dh, dCT, dnT, dmT, scale, eps, L):
+              dh, dCT, dnT, dmT, scale, eps, L, parallel=False):
     B, T, H, K = q.shape
     V, NT, BH = v.shape[-1], cdiv(T, L), B * H
     BK, BV = _blocks(K, V)
@@ -244,11 +259,23 @@ def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_to
     mlstm_bwd_prep_kernel[(NT, BH)](h, dh, m_tok, d_tok, den_tok, fin if fin is not None else x_m,
                                     dden, x_m, eps, T, H=H, V=V, BT=L, BV=BV, HAS_FIN=fin is not None)
     dCs, dns = torch.empty_like(Cs), torch.empty_like(ns)
-    dC0, dg = torch.empty(BH, K, V, **f32), torch.empty(NK * NV, BH, NT, **f32)
+    dC0 = torch.empty(BH, K, V, **f32)
     Gi, Gf = torch.empty(BH, T, **f32), torch.empty(BH, T, **f32)
-    mlstm_bwd_states_kernel[(NK, NV, BH)](
-        q, i, f, dh, ms, m_tok, d_tok, dden, x_m, Cs, ns, dCT, dnT, dCs, dns, dC0, dg, Gi, Gf,
-        scale, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, HAS_DFINAL=has_df, **fl)
+    if parallel:    # chunk-parallel reverse state pass
+        NKV = cdiv(K * V, PASS_BLOCK) + 1
+        dg, stats = torch.empty(NKV, BH, NT, **f32), torch.empty(BH, NT, 3, **f32)
+        Us = _shares_buffer(dCs)
+        mlstm_bwd_local_kernel[(NK * NV, NT, BH)](
+            q, i, f, dh, ms, m_tok, d_tok, dden, x_m, Us, dns, Gi, Gf, stats, scale, T, NT,
+            H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
+        mlstm_bwd_pass_kernel[(NKV + 1, BH)](
+            Cs, ns, Us, dCs, dns, dCT, dnT, dC0, dg, stats, Gi, Gf, T, NT, K=K, V=V, BT=L, BLK=PASS_BLOCK,
+            BKN=_fused_key_block(K), HAS_DFINAL=has_df, num_warps=2)
+    else:
+        NKV, dg = NK * NV, torch.empty(NK * NV, BH, NT, **f32)
+        mlstm_bwd_states_kernel[(NK, NV, BH)](
+            q, i, f, dh, ms, m_tok, d_tok, dden, x_m, Cs, ns, dCT, dnT, dCs, dns, dC0, dg, Gi, Gf,
+            scale, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, HAS_DFINAL=has_df, **fl)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     qdq, kdk, kdw = (torch.empty(NK, BH, T, **f32) for _ in range(3))
     mlstm_bwd_dqk_kernel[(NK, NT, BH)](
@@ -257,7 +284,7 @@ def _backward(q, k, v, i, f, C0, n0, m0, h, Cs, ns, ms, CT, m_tok, d_tok, den_to
     mlstm_bwd_dv_kernel[(NV, NT, BH)](
         q, k, i, f, dh, ms, m_tok, d_tok, dCs, dv, scale, T, NT, H=H, K=K, V=V, BT=L, BK=BK, BV=BV, **fl)
     di, df = torch.empty_like(i), torch.empty_like(f)
-    mlstm_bwd_gates_kernel[(NT, BH)](f, qdq, kdk, kdw, dg, Gi, Gf, di, df, T, NT, H=H, BT=L, NK=NK, NKV=NK * NV)
+    mlstm_bwd_gates_kernel[(NT, BH)](f, qdq, kdk, kdw, dg, Gi, Gf, di, df, T, NT, H=H, BT=L, NK=NK, NKV=NKV)
     dC0_, dn0, dm0 = None, None, None
     if C0 is not None:
         dC0_ = dC0.view(B, H, K, V)
@@ -282,11 +309,12 @@ def chunk_mlstm(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     ``fused_forward_fits``, else a ValueError), False as the two passes; None picks the walk where it
     fits and its (V tile, batch, head) programs fill the GPU, once that crossover is measured
     (``FUSED_PROGRAMS_PER_SM``; until then None means the two passes).
-    ``parallel_states``: True runs the two-pass forward's state pass chunk-parallel (every chunk's
-    own write at once, then an elementwise walk over the chunks: for grids whose (K tile, V tile,
-    batch, head) programs leave the GPU idle, e.g. B = 1 with few heads), False as the sequential
-    walk; None picks by that grid once measured (``PARALLEL_STATES_BELOW_PER_SM``; until then the
-    walk). It does not combine with the fused walk, which has no state pass."""
+    ``parallel_states``: True runs the two-pass forward's state pass and the backward's reverse one
+    chunk-parallel (every chunk's own share at once, then an elementwise walk over the chunks: for
+    grids whose (K tile, V tile, batch, head) programs leave the GPU idle, e.g. B = 1 with few
+    heads), False as sequential walks; None picks by that grid once measured
+    (``PARALLEL_STATES_BELOW_PER_SM``; until then the walks). It does not combine with the fused
+    forward walk, which has no state pass."""
     B, T, H, K = q.shape
     scale = K ** -0.5 if scale is None else float(scale)
     _check(q, k, v, i, f, chunk_size, initial_state, scale, fused_forward, parallel_states)

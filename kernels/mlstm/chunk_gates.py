@@ -60,7 +60,9 @@ def _stabiliser_path(f, x_m, m_tok, Gi, Gf, b_i, m_c, b_carry, i_b, i_h, i_bh, i
                      H: tl.constexpr, BT: tl.constexpr):
     """One chunk of the reverse scan (see the module docstring); ``b_i [BT]`` the chunk's input
     gates (-inf on padding), ``m_c`` the m entering it, ``b_carry`` = ``[f branch at the next
-    chunk's first token] G`` there. Stores ``Gi, Gf: [B*H, T]``; returns the carry for chunk c-1."""
+    chunk's first token] G`` there. Stores ``Gi, Gf: [B*H, T]``; returns the carry for chunk c-1
+    and where the chunk's last segment starts (its last i-branch token; -1 if none: then the whole
+    chunk is one segment, and the carry passes through it). The carry reaches the last segment alone."""
     o_l = tl.arange(0, BT)
     o_t = i_c * BT + o_l
     m_t = o_t < T
@@ -77,7 +79,7 @@ def _stabiliser_path(f, x_m, m_tok, Gi, Gf, b_i, m_c, b_carry, i_b, i_h, i_bh, i
     b_G = tl.sum(tl.where(same, b_x[None, :], 0.0), 1)              # [BT]
     tl.store(Gi + o_tok, tl.where(b_e, b_G, 0.0), mask=m_t)
     tl.store(Gf + o_tok, tl.where(b_e, 0.0, b_G), mask=m_t)
-    return tl.sum(tl.where((o_l == 0) & (~b_e), b_G, 0.0), 0)
+    return tl.sum(tl.where((o_l == 0) & (~b_e), b_G, 0.0), 0), tl.max(tl.where(b_e & m_t, o_l, -1), 0)
 
 
 @triton.jit

@@ -242,33 +242,28 @@ def test_chunk_mlstm_chunks_without_writes(path, poison_empty):
     x["i"][:, :16, 0] = float("-inf")                                # the first chunk of head 0
     h_ref, (C_ref, n_ref, m_ref) = naive_recurrent_mlstm(**x)
     with torch.no_grad():
-        h, (C, n, m) = chunk_mlstm(**{k: t.to(DEV, torch.float32) for k, t in x.items()}, chunk_size=L, **path)
+        h, (C, n, m) = chunk_mlstm(**{k: t.to(DEV, torch.float32) for k, t in x.items()}, chunk_size=L,
+                                   **path)
     s = torch.exp(m.cpu().double() - m_ref)
     assert_rel_close(h.cpu(), h_ref, 1e-4, "h")
     assert_rel_close(C.cpu() * s[..., None, None], C_ref, 1e-4, "C final")
     assert_rel_close(n.cpu() * s[..., None], n_ref, 1e-4, "n final")
 
 
-def test_chunk_mlstm_parallel_states_with_rounded_states(monkeypatch, poison_empty):
-    """Where Cs is stored rounded (bf16 inputs; the interpreter's bf16 is wrong, so fp16 stands in
-    here), the chunk-parallel pass keeps the chunks' own writes in an fp32 scratch and writes the
-    rounded Cs from it: h and the final state against the reference, as the walk."""
+def test_chunk_mlstm_parallel_states_with_a_shares_scratch(monkeypatch, poison_empty):
+    """Where the states are stored rounded (bf16 inputs, which the interpreter cannot run), the
+    chunk-parallel passes keep each chunk's own share in an fp32 scratch and write the states from
+    it. Here the scratch is forced for fp32 states (NaN-poisoned, like every torch.empty): h, the
+    final state and every gradient against the reference."""
     from kernels.mlstm import chunk as mc
-    monkeypatch.setattr(mc, "_state_dtype", lambda dtype: torch.float16)
-    B, T, H, K, V, L = 1, 70, 2, 16, 32, 16
-    x, state = _inputs(B, T, H, K, V, "near1", True)
-    x = {k: t.half().double() for k, t in x.items()}
-    state = tuple(t.float().double() for t in state)
-    h_ref, (C_ref, n_ref, m_ref) = naive_recurrent_mlstm(**x, initial_state=state)
-    for parallel in (False, True):
-        with torch.no_grad():
-            h, (C, n, m) = chunk_mlstm(**{k: t.to(DEV, torch.float16) for k, t in x.items()}, chunk_size=L,
-                                       initial_state=tuple(t.to(DEV, torch.float32) for t in state),
-                                       parallel_states=parallel)
-        s = torch.exp(m.cpu().double() - m_ref)
-        assert_rel_close(h.cpu(), h_ref, 5e-3, "h")
-        assert_rel_close(C.cpu() * s[..., None, None], C_ref, 1e-4, "C final")   # fp32 either way
-        assert_rel_close(n.cpu() * s[..., None], n_ref, 1e-4, "n final")
+    scratches = []
+
+    def scratch(states):
+        scratches.append(torch.empty(states.shape, device=states.device, dtype=torch.float32))
+        return scratches[-1]
+    monkeypatch.setattr(mc, "_shares_buffer", scratch)
+    _check((1, 70, 2, 16, 32, 16, "near1", True), torch.float32, path=FORWARD_PATHS["parallel-states"])
+    assert len(scratches) == 2                                           # forward and backward
 
 
 def test_chunk_mlstm_parallel_states_default(monkeypatch):
