@@ -76,9 +76,9 @@ PARALLEL_STATES_BELOW_PER_SM: float | None = None
 FORWARD_PATHS = {"two-pass": dict(fused_forward=False, parallel_states=False),
                  "parallel-states": dict(fused_forward=False, parallel_states=True),
                  "fused": dict(fused_forward=True, parallel_states=False)}
-# Elements of C per program of mlstm_fwd_pass_kernel: small, so that even one head's 32k-element
-# state is spread over 128 programs (the pass is a chain of dependent loads; more of them in
-# flight hides their latency).
+# Elements of C (or dC) per program of the chunk-parallel walks (mlstm_fwd_pass_kernel,
+# mlstm_bwd_pass_kernel): small, so that even one head's 32k-element state is spread over 128
+# programs (a walk is a chain over the chunks; more of them in flight hides its latency).
 PASS_BLOCK = 256
 
 
@@ -111,8 +111,9 @@ def fused_forward_by_default(B: int, H: int, K: int, V: int, chunk_size: int, dt
 
 
 def parallel_states_by_default(B: int, H: int, K: int, V: int, device: torch.device) -> bool:
-    """The two-pass forward's state pass: chunk-parallel where the sequential walk's programs would
-    leave the GPU idle (``PARALLEL_STATES_BELOW_PER_SM``, once measured), else the walk."""
+    """The state passes (the two-pass forward's and the backward's): chunk-parallel where the
+    sequential walks' programs would leave the GPU idle (``PARALLEL_STATES_BELOW_PER_SM``, once
+    measured), else the walks."""
     if PARALLEL_STATES_BELOW_PER_SM is None:
         return False
     BK, BV = _blocks(K, V)
