@@ -173,7 +173,7 @@ def mlstm_bwd_pass_kernel(Cs, ns, Us, dCs, dns, dCT, dnT, dC0, dg, stats, Gi, Gf
     NC = tl.cdiv(K * V, BLK)
     s_base = i_bh.to(tl.int64) * (NT + 1)
     st_base = i_bh.to(tl.int64) * NT
-    dg_row = i_x * tl.num_programs(1) + i_bh
+    dg_row = (i_x * tl.num_programs(1) + i_bh).to(tl.int64)
     if i_x < NC:                           # (each branch names its own tiles: they differ in shape)
         o_e = i_x * BLK + tl.arange(0, BLK)
         m_e = o_e < K * V
