@@ -28,7 +28,10 @@ def _gate_step(i, f, o_g, b_m):
     return b_mn, tl.exp(b_lf + b_m - b_mn), tl.exp(b_i - b_mn)
 
 
-# restore_value: autotuning runs the kernel several times, and out_state may alias the state
+# restore_value: autotuning runs the kernel several times, and out_state may alias the state.
+# fused_mlstm_step keeps each key's tuned config itself (_STEP_CONFIGS) and launches it directly
+# after the first call: the autotuner rebuilds its key, a str per tensor dtype, on every call (~6.6
+# us of a decode step's host time on a 2-core CPU; python -m kernels.step_host leaves it out).
 @triton.autotune(configs=autotune_configs([triton.Config({}, num_warps=w) for w in (4, 2, 8)]),
                  key=["K", "V", "BV"], cache_results=True, restore_value=["C_out", "n_out", "m_out"])
 @triton.jit
@@ -101,6 +104,9 @@ def mlstm_recurrent_kernel(q, k, v, i, f, C0, n0, m0, h, CT, nT, mT, scale, eps,
         tl.store(mT + i_bh, b_m)
 
 
+_STEP_CONFIGS: dict[tuple, dict] = {}    # key -> the tuned config's launch options
+
+
 def _bk_bv(K: int, V: int, bv_max: int) -> tuple[int, int]:
     BK = next_power_of_2(K)
     return BK, max(16, min(bv_max, next_power_of_2(V), 4096 // BK))
@@ -162,8 +168,15 @@ def fused_mlstm_step(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, stat
     aliased = any(a.data_ptr() == b.data_ptr() for a, b in zip(out_state, state))
     nsplit = 1 if aliased else cdiv(V, BV)
     h = torch.empty_like(v)
-    mlstm_step_kernel[(nsplit, B * H)](q, k, v, i, f, C, n, m, h, *out_state, scale, eps, nsplit,
-                                       K=K, V=V, BK=BK, BV=BV)
+    grid, args = (nsplit, B * H), (q, k, v, i, f, C, n, m, h, *out_state, scale, eps, nsplit)
+    # the autotuner's own key (K, V, BV and every tensor's dtype; C, n, m and h's are fixed by q..f)
+    key = (K, V, BV, q.dtype, k.dtype, v.dtype, i.dtype, f.dtype, *(s.dtype for s in out_state))
+    config = _STEP_CONFIGS.get(key)
+    if config is None:       # the first call of a key: tuned (on a GPU), and launched
+        mlstm_step_kernel[grid](*args, K=K, V=V, BK=BK, BV=BV)
+        _STEP_CONFIGS[key] = mlstm_step_kernel.best_config.all_kwargs()
+    else:                    # later calls launch that config directly
+        mlstm_step_kernel.fn[grid](*args, K=K, V=V, BK=BK, BV=BV, **config)
     return h, out_state
 
 
