@@ -16,6 +16,7 @@ time budget (--contender-timeout): a refusal, an abort or a hang there is a row 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from functools import partial
@@ -59,6 +60,7 @@ def rel(a, b):
 
 
 def correctness(chunk_fn, dev, smoke, rows):
+    from kernels.gated_delta_rule.chunk import FORWARD_PATHS  # after main() set the interpreter
     names = ["o", "state", "dq", "dk", "dv", "dg", "dbeta", "dh0"]
     shapes = [(1, 63, 2, 16, 32)] if smoke else [(2, 1, 4, 128, 128), (2, 63, 4, 64, 128), (1, 130, 4, 128, 64),
                                                   (2, 1000, 4, 128, 128)]
@@ -75,9 +77,8 @@ def correctness(chunk_fn, dev, smoke, rows):
             except Exception as e:  # noqa: BLE001 - a failing shape is a row
                 rows.append({**base, "tensor": "all", "status": f"error: {type(e).__name__}: {e}"[:200]})
                 continue
-            # both forward paths (the default picks by the grid's size), and fwd_prep before the fused walk
-            for fused, fused_prep in ((True, False), (False, False), (True, True)):
-                path = ("fused prep + " if fused_prep else "") + ("fused" if fused else "two-launch")
+            # every forward path (the default picks by the grid's size)
+            for path, (fused, fused_prep) in FORWARD_PATHS.items():
                 row = {**base, "fwd": path}
                 try:
                     with fused_prepare(fused_prep):
@@ -93,11 +94,10 @@ def correctness(chunk_fn, dev, smoke, rows):
 
 
 def stability(chunk_fn, dev, smoke, rows):
+    from kernels.gated_delta_rule.chunk import FORWARD_PATHS  # after main() set the interpreter
     T = 40 if smoke else 65536
-    for gates, fused, prep in ((g, f, p) for f, p in ((True, False), (False, False), (True, True))
-                               for g in ("near1", "near0")):
+    for (path, (fused, prep)), gates in itertools.product(FORWARD_PATHS.items(), ("near1", "near0")):
         print(f"# stability T={T} gates={gates} fused_forward={fused} fused_prepare={prep}", flush=True)
-        path = ("fused prep + " if prep else "") + ("fused" if fused else "two-launch")
         try:
             dt = torch.bfloat16 if dev == "cuda" else torch.float32
             ins = make_inputs(1, T, 2, 16 if smoke else K, 16 if smoke else V, dt, dev, gates=gates, h0=True, grad=True)

@@ -98,6 +98,11 @@ def check_inputs(op: str, q, k, v, g, beta, initial_state=None) -> None:
 FUSED_PREPARE = False
 
 
+# The forward paths by name, as (fused_forward, FUSED_PREPARE) (the bench's rows and the tests run
+# each): fwd_ho's single walk or fwd_h + fwd_o, after kkt + solve + wu or after fwd_prep
+FORWARD_PATHS = {"fused": (True, False), "two-launch": (False, False), "fused prep + fused": (True, True)}
+
+
 @contextlib.contextmanager
 def fused_prepare(on: bool):
     """``FUSED_PREPARE`` set to ``on`` inside the block (the bench and sm90_check run both paths)."""

@@ -75,9 +75,8 @@ def _id(c):
     return f"B{B}-T{T}-H{H}-K{K}-V{V}-chunk{C}-{gates}-{'h0' if h0 else 'zero'}-{str(dt)[6:]}{mix}"
 
 
-# (fused_forward, FUSED_PREPARE): fwd_ho's single walk or fwd_h + fwd_o, after kkt + solve + wu or
-# after fwd_prep's one launch (not yet the default: see chunk.FUSED_PREPARE)
-PATHS = {"fused-fwd": (True, False), "two-launch-fwd": (False, False), "fused-prep-fused-fwd": (True, True)}
+# chunk.FORWARD_PATHS, (fused_forward, FUSED_PREPARE) by name; fwd_prep is not yet the default
+PATHS = {f"{name.replace(' ', '')}-fwd": flags for name, flags in chunk_module.FORWARD_PATHS.items()}
 
 
 @pytest.mark.parametrize("path", PATHS)
